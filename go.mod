@@ -1,0 +1,3 @@
+module github.com/glance-sidecar/glance-sidecar
+
+go 1.26

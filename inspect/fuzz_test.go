@@ -1,0 +1,136 @@
+package inspect
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+// Fuzzing: one target per parser (a probe alone) and one for detection (all probes). Each input
+// goes through the random-access path and through the streaming path cut at a size the input
+// chooses; both must finish without panicking and give the same report.
+
+// fuzzCompare inspects data with the probes both ways and fails if they disagree.
+func fuzzCompare(t *testing.T, ps []probe, data []byte) *Report {
+	t.Helper()
+	ctx := context.Background()
+	want, err := inspectAt(ctx, ps, bytes.NewReader(data), int64(len(data)), "")
+	if err != nil {
+		t.Fatalf("random access: %v", err)
+	}
+	chunk := 4096
+	if len(data) > 0 {
+		chunk = 1 + int(data[len(data)-1])*37
+	}
+	s := newStream(ps, "")
+	for p := data; len(p) > 0; {
+		n := min(chunk, len(p))
+		s.feed(p[:n])
+		p = p[n:]
+	}
+	got, err := s.Close()
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	if !reflect.DeepEqual(want, got) {
+		t.Fatalf("streaming and random access disagree:\nrandom: %+v %+v\nstream: %+v %+v", want, want.Details, got, got.Details)
+	}
+	if want.VirtualSize < SizeUnknown {
+		t.Fatalf("virtual size %d", want.VirtualSize)
+	}
+	return want
+}
+
+// fuzzProbe runs the fuzzer on one probe, seeded with seeds and with the images qemu-img makes
+// with each of the given create argument lists (the last argument is the size).
+func fuzzProbe(f *testing.F, name string, seeds [][]byte, qemuArgs ...[]string) {
+	var ps []probe
+	for _, p := range probes {
+		if p.name == name {
+			ps = append(ps, p)
+		}
+	}
+	if len(ps) != 1 {
+		f.Fatalf("no probe %q", name)
+	}
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	for _, args := range qemuArgs {
+		f.Add(qemuSeed(f, args))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fuzzCompare(t, ps, data)
+	})
+}
+
+// maxSeed bounds a seed taken from a qemu-made image: Go's fuzzer crawls on large inputs.
+const maxSeed = 64 << 10
+
+// qemuSeed makes an image with `qemu-img create args... FILE SIZE` and returns its bytes (the
+// head and the tail when it is larger than maxSeed).
+func qemuSeed(f *testing.F, args []string) []byte {
+	f.Helper()
+	path := filepath.Join(f.TempDir(), "seed")
+	a := append([]string{"create", "-q"}, args[:len(args)-1]...)
+	a = append(a, path, args[len(args)-1])
+	cmd := exec.Command("qemu-img", a...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		f.Fatalf("qemu-img %v: %v\n%s", a, err, out)
+	}
+	fh, err := os.Open(path)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer fh.Close()
+	st, err := fh.Stat()
+	if err != nil {
+		f.Fatal(err)
+	}
+	if st.Size() <= maxSeed {
+		b, err := io.ReadAll(fh)
+		if err != nil {
+			f.Fatal(err)
+		}
+		return b
+	}
+	b := make([]byte, maxSeed)
+	if _, err := fh.ReadAt(b[:maxSeed-tailSize], 0); err != nil {
+		f.Fatal(err)
+	}
+	if _, err := fh.ReadAt(b[maxSeed-tailSize:], st.Size()-tailSize); err != nil {
+		f.Fatal(err)
+	}
+	return b
+}
+
+func FuzzQCOW2(f *testing.F) {
+	fuzzProbe(f, "qcow2", nil,
+		[]string{"-f", "qcow2", "1G"},
+		[]string{"-f", "qcow2", "-o", "compat=0.10", "1G"},
+		[]string{"-f", "qcow2", "-o", "compression_type=zstd,extended_l2=on", "1G"},
+		[]string{"-f", "qcow2", "-b", "/etc/hostname", "-F", "raw", "1G"},
+		[]string{"-f", "qcow", "1G"},
+	)
+}
+
+// FuzzDetect runs every probe together, seeded with one image of each format qemu-img writes.
+func FuzzDetect(f *testing.F) {
+	for _, args := range [][]string{
+		{"-f", "qcow2", "1G"}, {"-f", "qed", "1G"}, {"-f", "vmdk", "1G"},
+		{"-f", "vmdk", "-o", "subformat=streamOptimized", "1G"}, {"-f", "vpc", "1G"},
+		{"-f", "vhdx", "1G"}, {"-f", "vdi", "1G"}, {"-f", "parallels", "1G"}, {"-f", "raw", "64K"},
+	} {
+		f.Add(qemuSeed(f, args))
+	}
+	f.Add([]byte("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/passwd\" 0\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fuzzCompare(t, probes, data)
+	})
+}

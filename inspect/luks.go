@@ -1,0 +1,4 @@
+package inspect
+
+// probeLUKS is not written yet.
+func probeLUKS(s *src) (*finding, error) { return nil, nil }
