@@ -186,6 +186,9 @@ func (b *randomBackend) fetch(off int64, n int) ([]byte, error) {
 func (b *randomBackend) cached(p []byte, off int64) error {
 	first := off / blockSize
 	last := (off + int64(len(p)) - 1) / blockSize
+	if len(b.blocks)+int(last-first+1) > cachedBlocks {
+		clear(b.blocks)
+	}
 	for i := first; i <= last; {
 		if _, ok := b.blocks[i]; ok {
 			i++
@@ -203,9 +206,6 @@ func (b *randomBackend) cached(p []byte, off int64) error {
 		buf := make([]byte, end-start)
 		if err := b.readFull(buf, start); err != nil {
 			return err
-		}
-		if len(b.blocks) >= cachedBlocks {
-			clear(b.blocks)
 		}
 		for k := i; k <= j; k++ {
 			lo := (k - i) * blockSize
@@ -292,8 +292,8 @@ func (b *streamBackend) fetch(off int64, n int) ([]byte, error) {
 			return nil, errBehind
 		}
 		out := make([]byte, 0, n)
-		if off < headSize {
-			out = append(out, b.head[off:min(int64(len(b.head)), end)]...)
+		if hl := int64(len(b.head)); off < hl {
+			out = append(out, b.head[off:min(hl, end)]...)
 		}
 		if start < b.pos {
 			out = append(out, tail[start-tailOff:min(end, b.pos)-tailOff]...)
