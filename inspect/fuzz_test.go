@@ -134,3 +134,31 @@ func FuzzDetect(f *testing.F) {
 		fuzzCompare(t, probes, data)
 	})
 }
+
+func FuzzVMDK(f *testing.F) {
+	fuzzProbe(f, "vmdk", [][]byte{
+		[]byte("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/passwd\" 0\n"),
+		[]byte("version=1\n\xff"),
+		[]byte("COWD\x01\x00\x00\x00\x03\x00\x00\x00\x00\x28\x00\x00"),
+	},
+		[]string{"-f", "vmdk", "1G"},
+		[]string{"-f", "vmdk", "-o", "subformat=streamOptimized", "1G"},
+		[]string{"-f", "vmdk", "-o", "adapter_type=lsilogic,hwversion=6", "1G"},
+		[]string{"-f", "vmdk", "-o", "subformat=monolithicFlat", "1M"},
+	)
+}
+
+// FuzzVMDKDescriptor feeds text straight to the descriptor parser.
+func FuzzVMDKDescriptor(f *testing.F) {
+	f.Add([]byte("# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=ffffffff\ncreateType=\"monolithicSparse\"\nRW 2048 SPARSE \"d.vmdk\"\nddb.adapterType = \"ide\"\n"))
+	f.Add([]byte("parentFileNameHint=\"/x\"\ncreateType=\"a\"\nRW 1 FLAT \"x\" 9\nNOACCESS\nRDONLY 5\n"))
+	f.Fuzz(func(t *testing.T, text []byte) {
+		d := &VMDKDetails{}
+		fd := newFinding(VMDK, d)
+		desc := parseVMDKDescriptor(fd, d, text)
+		desc.checkExtents(fd, d, true)
+		if n := desc.extentBytes(); n < SizeUnknown {
+			t.Fatalf("extent bytes %d", n)
+		}
+	})
+}
