@@ -304,7 +304,7 @@ func (b *streamBackend) fetch(off int64, n int) ([]byte, error) {
 	if start < b.pos {
 		return nil, errBehind // src's rules make this unreachable; stay safe regardless
 	}
-	c := &capture{region: region{off, n}, buf: make([]byte, 0, min(n, 64<<10))}
+	c := &capture{region: region{off, n}, buf: make([]byte, 0, n)}
 	if off < headSize {
 		c.buf = append(c.buf, b.head[off:]...)
 	}

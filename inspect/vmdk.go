@@ -303,7 +303,8 @@ type vmdkDescriptor struct {
 
 // parseVMDKDescriptor reads a descriptor's lines into d and records what is wrong on f. It
 // reads it the way qemu does where qemu is lax (the first occurrence of a key anywhere in the
-// text wins), and reports any text that would read differently line by line.
+// text wins), and reports any text that would read differently line by line. It allocates
+// little whatever the text holds: descriptors can be a megabyte of hostile lines.
 func parseVMDKDescriptor(f *finding, d *VMDKDetails, text []byte) *vmdkDescriptor {
 	desc := &vmdkDescriptor{}
 	for _, c := range text {
@@ -312,20 +313,25 @@ func parseVMDKDescriptor(f *finding, d *VMDKDetails, text []byte) *vmdkDescripto
 			return desc
 		}
 	}
-	str := string(text)
-	keys := map[string]string{}
+	var ct, cid, parentCID []byte
+	var hasCT bool
 	var bad []string
-	for i, line := range strings.Split(str, "\n") {
-		line = strings.TrimSpace(line)
-		switch {
-		case line == "" || line[0] == '#':
+	lineNo := 0
+	for rest := text; len(rest) > 0; {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte{'\n'})
+		lineNo++
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 || line[0] == '#' {
 			continue
-		case len(line) >= 3 && strings.EqualFold(line[:3], "ddb"):
-			k, v, _ := strings.Cut(line, "=")
-			switch strings.ToLower(strings.TrimSpace(k)) {
-			case "ddb.adaptertype":
+		}
+		if len(line) >= 3 && bytes.EqualFold(line[:3], []byte("ddb")) {
+			k, v, _ := bytes.Cut(line, []byte("="))
+			k = bytes.TrimSpace(k)
+			switch {
+			case bytes.EqualFold(k, []byte("ddb.adapterType")):
 				d.AdapterType = unquote(v)
-			case "ddb.virtualhwversion":
+			case bytes.EqualFold(k, []byte("ddb.virtualHWVersion")):
 				d.HWVersion = unquote(v)
 			}
 			continue
@@ -336,46 +342,57 @@ func parseVMDKDescriptor(f *finding, d *VMDKDetails, text []byte) *vmdkDescripto
 			}
 			continue
 		}
-		k, v, ok := strings.Cut(line, "=")
-		if !ok || strings.ContainsAny(strings.TrimSpace(k), " \t") || strings.TrimSpace(k) == "" {
+		k, v, ok := bytes.Cut(line, []byte("="))
+		k = bytes.TrimSpace(k)
+		if !ok || len(k) == 0 || bytes.ContainsAny(k, " \t") {
 			if len(bad) < 3 {
-				bad = append(bad, fmt.Sprintf("line %d %q", i+1, printable([]byte(line[:min(len(line), 60)]))))
+				bad = append(bad, fmt.Sprintf("line %d %q", lineNo, printable(line[:min(len(line), 60)])))
 			}
 			continue
 		}
-		k = strings.ToLower(strings.TrimSpace(k))
-		if _, dup := keys[k]; dup && (k == "createtype" || k == "parentcid" || k == "parentfilenamehint" || k == "cid") {
-			f.add(CodeMalformedDescriptor, "descriptor sets %s twice", k)
+		var slot *[]byte
+		switch {
+		case bytes.EqualFold(k, []byte("createType")):
+			slot, hasCT = &ct, true
+		case bytes.EqualFold(k, []byte("CID")):
+			slot = &cid
+		case bytes.EqualFold(k, []byte("parentCID")):
+			slot = &parentCID
+		default:
+			continue
 		}
-		if _, dup := keys[k]; !dup {
-			keys[k] = unquote(v)
+		if *slot != nil {
+			f.add(CodeMalformedDescriptor, "descriptor sets %s twice", k)
+			continue
+		}
+		*slot = bytes.Trim(bytes.TrimSpace(v), `"`)
+		if *slot == nil {
+			*slot = []byte{}
 		}
 	}
 	if len(bad) > 0 {
 		f.add(CodeMalformedDescriptor, "descriptor has lines that are no comment, key=value, ddb or extent: %s", strings.Join(bad, ", "))
 	}
 
-	d.CID = printable([]byte(keys["cid"]))
-	d.ParentCID = printable([]byte(keys["parentcid"]))
-	ct, hasCT := keys["createtype"]
-	d.CreateType = printable([]byte(ct))
+	d.CID = printable(cid)
+	d.ParentCID = printable(parentCID)
+	d.CreateType = printable(ct[:min(len(ct), 256)])
 	// qemu takes the first "createType" anywhere in the text, comments included.
-	if q, ok := qemuDescValue(str, "createType", 2); ok && q != ct {
-		f.add(CodeMalformedDescriptor, "qemu would read createType %q, the descriptor's line says %q", printable([]byte(q)), d.CreateType)
+	if q, ok := qemuDescValue(text, []byte("createType"), 2); ok && !bytes.Equal(q, ct) {
+		f.add(CodeMalformedDescriptor, "qemu would read createType %q, the descriptor's line says %q", printable(q), d.CreateType)
 	}
 	switch {
 	case !hasCT:
 		f.add(CodeMalformedDescriptor, "descriptor has no createType")
 	case len(ct) >= 64:
 		f.add(CodeMalformedDescriptor, "createType of %d characters", len(ct))
-	case !vmdkSafeTypes[strings.ToLower(ct)]:
+	case !vmdkSafeTypes[strings.ToLower(d.CreateType)]:
 		f.add(CodeVMDKCreateType, "createType %q keeps data outside this file (allowed: monolithicSparse, streamOptimized)", d.CreateType)
 	}
 	// qemu opens whatever follows the first "parentFileNameHint" anywhere in the text.
-	lower := strings.ToLower(str)
-	if i := strings.Index(lower, "parentfilenamehint"); i >= 0 {
-		hint, _ := qemuDescValue(str[i:], str[i:i+len("parentFileNameHint")], 2)
-		d.ParentFileNameHint = printable([]byte(hint))
+	if i := indexFold(text, "parentfilenamehint"); i >= 0 {
+		hint, _ := qemuDescValue(text[i:], text[i:i+len("parentFileNameHint")], 2)
+		d.ParentFileNameHint = printable(hint)
 		f.add(CodeBackingFile, "descriptor names a parent image %q", d.ParentFileNameHint)
 	} else if p := strings.ToLower(d.ParentCID); p != "" && p != "ffffffff" {
 		f.add(CodeBackingFile, "descriptor names a parent (parentCID=%s)", d.ParentCID)
@@ -383,48 +400,57 @@ func parseVMDKDescriptor(f *finding, d *VMDKDetails, text []byte) *vmdkDescripto
 	return desc
 }
 
+// indexFold is the index of the first case-insensitive occurrence of the lower-case ASCII key
+// in text, or -1.
+func indexFold(text []byte, key string) int {
+	for i := 0; i+len(key) <= len(text); i++ {
+		if c := text[i] | 0x20; c == key[0] && bytes.EqualFold(text[i:i+len(key)], []byte(key)) {
+			return i
+		}
+	}
+	return -1
+}
+
 // qemuDescValue reads a descriptor value the way qemu's vmdk_parse_description does: find the
 // first occurrence of key, skip skip characters, take everything up to the next quote.
-func qemuDescValue(text, key string, skip int) (string, bool) {
-	i := strings.Index(text, key)
+func qemuDescValue(text, key []byte, skip int) ([]byte, bool) {
+	i := bytes.Index(text, key)
 	if i < 0 {
-		return "", false
+		return nil, false
 	}
 	rest := text[min(i+len(key)+skip, len(text)):]
-	if j := strings.IndexByte(rest, '"'); j >= 0 {
+	if j := bytes.IndexByte(rest, '"'); j >= 0 {
 		rest = rest[:j]
 	}
 	return rest[:min(len(rest), 1024)], true
 }
 
 // parseVMDKExtent parses `ACCESS SECTORS TYPE ["FILE" [OFFSET]]`.
-func parseVMDKExtent(line string) (VMDKExtent, bool) {
-	access, rest, _ := strings.Cut(line, " ")
-	switch strings.ToUpper(access) {
-	case "RW", "RDONLY", "NOACCESS":
-	default:
+func parseVMDKExtent(line []byte) (VMDKExtent, bool) {
+	access, rest, _ := bytes.Cut(line, []byte(" "))
+	if !bytes.EqualFold(access, []byte("RW")) && !bytes.EqualFold(access, []byte("RDONLY")) && !bytes.EqualFold(access, []byte("NOACCESS")) {
 		return VMDKExtent{}, false
 	}
-	e := VMDKExtent{Access: access}
-	fields := strings.Fields(rest)
+	e := VMDKExtent{Access: string(access)}
+	fields := bytes.Fields(rest)
 	if len(fields) < 2 {
 		e.Type = "?"
 		return e, true
 	}
-	n, err := strconv.ParseInt(fields[0], 10, 64)
+	n, err := strconv.ParseInt(string(fields[0]), 10, 64)
 	if err != nil || n < 0 || n > vmdkMaxSectors {
 		n = -1
 	}
 	e.Sectors = n
-	e.Type = printable([]byte(fields[1][:min(len(fields[1]), 16)]))
-	if q := strings.IndexByte(rest, '"'); q >= 0 {
+	e.Type = printable(fields[1][:min(len(fields[1]), 16)])
+	if q := bytes.IndexByte(rest, '"'); q >= 0 {
 		name := rest[q+1:]
-		after := ""
-		if r := strings.IndexByte(name, '"'); r >= 0 {
+		var after []byte
+		if r := bytes.IndexByte(name, '"'); r >= 0 {
 			name, after = name[:r], name[r+1:]
 		}
-		e.File = printable([]byte(name[:min(len(name), 1024)]))
-		if o, err := strconv.ParseInt(strings.TrimSpace(after), 10, 64); err == nil {
+		e.File = printable(name[:min(len(name), 1024)])
+		if o, err := strconv.ParseInt(string(bytes.TrimSpace(after)), 10, 64); err == nil {
 			e.Offset = o
 		}
 	}
@@ -475,10 +501,10 @@ func hostPath(name string) bool {
 	return strings.ContainsAny(name, `/\:`) || name == "." || name == ".." || strings.HasPrefix(name, "~")
 }
 
-func unquote(v string) string {
-	v = strings.TrimSpace(v)
+func unquote(v []byte) string {
+	v = bytes.TrimSpace(v)
 	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 		v = v[1 : len(v)-1]
 	}
-	return printable([]byte(v[:min(len(v), 256)]))
+	return printable(v[:min(len(v), 256)])
 }
