@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"slices"
-	"unicode/utf16"
 )
 
 // PartitionTable describes the MBR or GPT at the start of a disk: a detail of a raw disk or of a
@@ -433,7 +432,7 @@ func (g *gptProbe) entries(b []byte, count int, gh gptHeader) {
 			GUID:     guidString(e[16:32]),
 			Start:    mulSat(start, g.ss),
 			Bootable: le.Uint64(e[48:])&gptAttrLegacyBoot != 0,
-			Name:     utf16Name(e[56:128]),
+			Name:     utf16Name(e[56:128], binary.LittleEndian),
 		}
 		if end >= start {
 			part.Size = mulSat(end-start+1, g.ss)
@@ -562,24 +561,7 @@ func isZero(b []byte) bool {
 	return true
 }
 
-// guidString formats a GUID stored in the mixed-endian layout of GPT (and of UEFI generally).
-func guidString(b []byte) string {
-	le := binary.LittleEndian
-	return fmt.Sprintf("%08X-%04X-%04X-%X-%X", le.Uint32(b), le.Uint16(b[4:]), le.Uint16(b[6:]), b[8:10], b[10:16])
-}
 
-// utf16Name decodes a NUL-terminated UTF-16LE name.
-func utf16Name(b []byte) string {
-	u := make([]uint16, 0, len(b)/2)
-	for i := 0; i+1 < len(b); i += 2 {
-		c := binary.LittleEndian.Uint16(b[i:])
-		if c == 0 {
-			break
-		}
-		u = append(u, c)
-	}
-	return printable([]byte(string(utf16.Decode(u))))
-}
 
 var mbrTypeNames = map[byte]string{
 	0x01: "FAT12",

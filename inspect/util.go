@@ -1,8 +1,11 @@
 package inspect
 
 import (
+	"encoding/binary"
+	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -25,4 +28,24 @@ func cstring(b []byte) []byte {
 		}
 	}
 	return b
+}
+
+// guidString formats a GUID stored in the mixed-endian layout of GPT, VHDX and UEFI: the first
+// three fields little-endian, the last eight bytes in order.
+func guidString(b []byte) string {
+	le := binary.LittleEndian
+	return fmt.Sprintf("%08X-%04X-%04X-%X-%X", le.Uint32(b), le.Uint16(b[4:]), le.Uint16(b[6:]), b[8:10], b[10:16])
+}
+
+// utf16Name decodes a NUL-terminated UTF-16 name stored in an image, for reporting only.
+func utf16Name(b []byte, order binary.ByteOrder) string {
+	u := make([]uint16, 0, len(b)/2)
+	for i := 0; i+2 <= len(b); i += 2 {
+		c := order.Uint16(b[i:])
+		if c == 0 {
+			break
+		}
+		u = append(u, c)
+	}
+	return printable([]byte(string(utf16.Decode(u))))
 }
