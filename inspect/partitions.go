@@ -561,8 +561,6 @@ func isZero(b []byte) bool {
 	return true
 }
 
-
-
 var mbrTypeNames = map[byte]string{
 	0x01: "FAT12",
 	0x04: "FAT16 <32M",

@@ -295,4 +295,3 @@ func vhdTypeName(t uint32) string {
 	}
 	return fmt.Sprintf("unknown(%d)", t)
 }
-

@@ -535,4 +535,3 @@ func guid(text string) [16]byte {
 	slices.Reverse(g[6:8])
 	return g
 }
-
