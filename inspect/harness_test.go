@@ -21,16 +21,22 @@ import (
 // asking qemu-img what it thinks of them, and inspecting a file through every way in while
 // checking that all of them agree.
 
-// run runs a command with LC_ALL=C and fails the test if it fails.
+// run runs a command with LC_ALL=C and fails the test if it fails. qemu-img is run again when
+// it fails to time a LUKS key derivation ("Unable to get accurate CPU usage"), which happens
+// on a loaded machine when the thread's CPU clock did not move while qemu measured it.
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	for try := 1; ; try++ {
+		cmd := exec.Command(name, args...)
+		cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			return string(out)
+		}
+		if try == 10 || !strings.Contains(string(out), qemuTimingFlake) {
+			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+		}
 	}
-	return string(out)
 }
 
 // qemuCreate makes an image with `qemu-img create -f fmt [-o opts] path size` in a temporary
@@ -210,6 +216,9 @@ func wantCodes(t testing.TB, r *inspect.Report, codes ...inspect.Code) {
 		t.Fatalf("problems %v, want codes %v", r.Problems, codes)
 	}
 }
+
+// qemuTimingFlake is what qemu-img says when it fails to time a LUKS key derivation.
+const qemuTimingFlake = "Unable to get accurate CPU usage"
 
 // fixture is an image made by qemu-img at test time, and what inspection must say of it.
 type fixture struct {
