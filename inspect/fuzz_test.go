@@ -138,6 +138,10 @@ func FuzzDetect(f *testing.F) {
 		f.Add(qemuSeed(f, args))
 	}
 	f.Add([]byte("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 2048 FLAT \"/etc/passwd\" 0\n"))
+	f.Add(luksSeed(f, "1M"))
+	f.Add(compactVHDX())
+	f.Add(fuzzISOImage(64, "CD001", "BEA01", "NSR02", "TEA01"))
+	f.Add(fuzzGPTDisk(512, 2048, 128))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fuzzCompare(t, probes, data)
 	})
