@@ -3,7 +3,6 @@ package inspect
 import (
 	"encoding/binary"
 	"hash/crc32"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,30 +41,7 @@ func toolSeed(f *testing.F, name string, args ...string) []byte {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		f.Fatalf("%s %v: %v\n%s", name, a, err, b)
 	}
-	fh, err := os.Open(out)
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer fh.Close()
-	st, err := fh.Stat()
-	if err != nil {
-		f.Fatal(err)
-	}
-	if st.Size() <= maxSeed {
-		b, err := io.ReadAll(fh)
-		if err != nil {
-			f.Fatal(err)
-		}
-		return b
-	}
-	b := make([]byte, maxSeed)
-	if _, err := fh.ReadAt(b[:maxSeed-tailSize], 0); err != nil {
-		f.Fatal(err)
-	}
-	if _, err := fh.ReadAt(b[maxSeed-tailSize:], st.Size()-tailSize); err != nil {
-		f.Fatal(err)
-	}
-	return b
+	return seedBytes(f, out)
 }
 
 // fuzzISOImage lays 2048-byte descriptors from sector 16, each given as type and identifier,

@@ -92,6 +92,13 @@ func qemuSeed(f *testing.F, args []string) []byte {
 			f.Fatalf("qemu-img %v: %v\n%s", a, err, out)
 		}
 	}
+	return seedBytes(f, path)
+}
+
+// seedBytes returns the bytes of the file at path, or its head and tail when it is larger than
+// maxSeed.
+func seedBytes(f *testing.F, path string) []byte {
+	f.Helper()
 	fh, err := os.Open(path)
 	if err != nil {
 		f.Fatal(err)

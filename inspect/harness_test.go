@@ -54,6 +54,25 @@ func qemuCreate(t testing.TB, qfmt, opts string, size int64, extra ...string) st
 	return path
 }
 
+// qemuPatched returns a build func that makes an image with qemuCreate and writes patches
+// (offset → bytes) into it: real qemu output with one field changed.
+func qemuPatched(qfmt string, size int64, patches map[int][]byte) func(t testing.TB) string {
+	return func(t testing.TB) string {
+		path := qemuCreate(t, qfmt, "", size)
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		for off, p := range patches {
+			if _, err := f.WriteAt(p, int64(off)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return path
+	}
+}
+
 // qemuInfo is the part of `qemu-img info --output=json` the tests compare with.
 type qemuInfo struct {
 	Format         string `json:"format"`

@@ -20,20 +20,7 @@ func ploopDetails(t testing.TB, r *inspect.Report) *inspect.PloopDetails {
 
 // ploopPatched makes a qemu parallels image of size bytes and writes the patches into it.
 func ploopPatched(size int64, patches map[int][]byte) func(t testing.TB) string {
-	return func(t testing.TB) string {
-		path := qemuCreate(t, "parallels", "", size)
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		for off, p := range patches {
-			if _, err := f.WriteAt(p, int64(off)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return path
-	}
+	return qemuPatched("parallels", size, patches)
 }
 
 func TestPloopFixtures(t *testing.T) {

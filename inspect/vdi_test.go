@@ -20,18 +20,7 @@ func vdiDetails(t testing.TB, r *inspect.Report) *inspect.VDIDetails {
 
 // vdiPatched makes a qemu VDI image of size bytes and writes p at off in its header.
 func vdiPatched(size int64, off int, p []byte) func(t testing.TB) string {
-	return func(t testing.TB) string {
-		path := qemuCreate(t, "vdi", "", size)
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if _, err := f.WriteAt(p, int64(off)); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
+	return qemuPatched("vdi", size, map[int][]byte{off: p})
 }
 
 func TestVDIFixtures(t *testing.T) {
