@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -290,4 +291,82 @@ func TestIntegrationNonAdmin(t *testing.T) {
 	if _, err := demo.Download(t.Context(), public, io.Discard); err != nil {
 		t.Errorf("demo downloads a public active image: %v", err)
 	}
+}
+
+// cloudEnv reads the test cloud's env file (KEY=VALUE lines).
+func cloudEnv(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(cloudDir(), "env"))
+	if err != nil {
+		t.Fatalf("test cloud env file: %v", err)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// TestIntegrationAuthSources authenticates every way Options allow and lists images with each.
+func TestIntegrationAuthSources(t *testing.T) {
+	env := cloudEnv(t)
+	quiet := slog.New(slog.DiscardHandler)
+	check := func(t *testing.T, opts Options) {
+		t.Helper()
+		opts.Logger = quiet
+		c, err := New(t.Context(), opts)
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		if err := c.List(t.Context(), ListOptions{PageSize: 1}, func(*Image) error { return nil }); err != nil {
+			t.Fatalf("List: %v", err)
+		}
+	}
+	t.Run("explicit password", func(t *testing.T) {
+		check(t, Options{AuthURL: env["GSC_KEYSTONE_URL"], Username: env["GSC_SIDECAR_USER"], Password: env["GSC_SIDECAR_PASSWORD"],
+			ProjectName: env["GSC_SIDECAR_PROJECT"], Region: env["GSC_REGION"], Interface: "public"})
+	})
+	t.Run("clouds.yaml through OS_CLOUD", func(t *testing.T) {
+		t.Setenv("OS_CLOUD", "demo")
+		t.Setenv("OS_CLIENT_CONFIG_FILE", env["GSC_CLOUDS_YAML"])
+		check(t, Options{})
+	})
+	t.Run("OS_ variables", func(t *testing.T) {
+		t.Setenv("OS_CLOUD", "")
+		for k, v := range map[string]string{
+			"OS_AUTH_URL": env["GSC_KEYSTONE_URL"], "OS_USERNAME": env["GSC_DEMO_USER"], "OS_PASSWORD": env["GSC_DEMO_PASSWORD"],
+			"OS_PROJECT_NAME": env["GSC_DEMO_PROJECT"], "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default",
+			"OS_DOMAIN_NAME": "Default", "OS_REGION_NAME": env["GSC_REGION"], "OS_INTERFACE": "public",
+		} {
+			t.Setenv(k, v)
+		}
+		check(t, Options{})
+	})
+	t.Run("application credential", func(t *testing.T) {
+		name := "gsc-test-" + newUUID(t)[:8]
+		cmd := exec.Command("/usr/bin/openstack", "--os-cloud", "demo", "application", "credential", "create", name, "-f", "value", "-c", "id", "-c", "secret")
+		cmd.Env = append(os.Environ(), "OS_CLIENT_CONFIG_FILE="+env["GSC_CLOUDS_YAML"])
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("creating an application credential: %v", err)
+		}
+		t.Cleanup(func() {
+			del := exec.Command("/usr/bin/openstack", "--os-cloud", "demo", "application", "credential", "delete", name)
+			del.Env = cmd.Env
+			_ = del.Run()
+		})
+		fields := strings.Fields(string(out))
+		if len(fields) != 2 {
+			t.Fatalf("openstack printed %q", out)
+		}
+		check(t, Options{AuthURL: env["GSC_KEYSTONE_URL"], ApplicationCredentialID: fields[0], ApplicationCredentialSecret: fields[1], Interface: "public"})
+	})
+	t.Run("wrong password", func(t *testing.T) {
+		_, err := New(t.Context(), Options{AuthURL: env["GSC_KEYSTONE_URL"], Username: "demo", Password: "wrong", ProjectName: "demo", Logger: quiet})
+		if err == nil {
+			t.Fatal("authenticated with a wrong password")
+		}
+	})
 }
