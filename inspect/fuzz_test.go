@@ -3,6 +3,8 @@ package inspect
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -75,8 +77,15 @@ const maxSeed = 64 << 10
 
 // qemuSeed makes an image with `qemu-img create args... FILE SIZE` and returns its bytes (the
 // head and the tail when it is larger than maxSeed).
+//
+// Seeds are cached in the temporary directory by their arguments: every fuzzing worker process
+// runs the fuzz function's setup again, and a LUKS volume takes qemu-img a second or more.
 func qemuSeed(f *testing.F, args []string) []byte {
 	f.Helper()
+	cache := filepath.Join(os.TempDir(), "glance-sidecar-fuzz-seeds", fmt.Sprintf("%x", sha256.Sum256([]byte(strings.Join(args, "\x00")))))
+	if b, err := os.ReadFile(cache); err == nil {
+		return b
+	}
 	path := filepath.Join(f.TempDir(), "seed")
 	a := append([]string{"create", "-q"}, args[:len(args)-1]...)
 	a = append(a, path, args[len(args)-1])
@@ -92,7 +101,14 @@ func qemuSeed(f *testing.F, args []string) []byte {
 			f.Fatalf("qemu-img %v: %v\n%s", a, err, out)
 		}
 	}
-	return seedBytes(f, path)
+	b := seedBytes(f, path)
+	if err := os.MkdirAll(filepath.Dir(cache), 0o755); err == nil {
+		tmp := fmt.Sprintf("%s.%d", cache, os.Getpid())
+		if os.WriteFile(tmp, b, 0o644) == nil {
+			_ = os.Rename(tmp, cache)
+		}
+	}
+	return b
 }
 
 // seedBytes returns the bytes of the file at path, or its head and tail when it is larger than
