@@ -4,6 +4,7 @@ go 1.26
 
 require (
 	github.com/gophercloud/gophercloud/v2 v2.15.0
+	github.com/rabbitmq/amqp091-go v1.16.0
 	github.com/urfave/cli/v2 v2.27.7
 )
 
