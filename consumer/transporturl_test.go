@@ -55,7 +55,6 @@ func TestParseTransportURL(t *testing.T) {
 	}
 }
 
-
 func FuzzParseTransportURL(f *testing.F) {
 	f.Add("rabbit://u:p@h1:5672,u2:p2@h2:5673/nova?ssl=1")
 	f.Add("rabbit://us%40er:p%2Fa:s@s@[::1]/v")
