@@ -115,6 +115,10 @@ type AMQPSource struct {
 
 	mu    sync.Mutex
 	state error
+
+	// inflight counts handlers running, across sessions: a lost connection does not wait
+	// for them (their messages come back anyway), shutdown does.
+	inflight sync.WaitGroup
 }
 
 // NewAMQPSource checks the options and returns a source; Run starts it.
@@ -253,38 +257,40 @@ func (s *AMQPSource) session(ctx context.Context, host TransportHost) error {
 	s.setState(nil)
 	s.opts.Logger.Info("consuming", "host", host.Addr(), "vhost", s.url.VirtualHost, "queue", s.opts.Queue, "prefetch", s.opts.Prefetch)
 
-	// Handlers get a context that outlives ctx by the shutdown timeout.
+	// Handlers get a context that outlives ctx by the shutdown timeout, and ends at once when
+	// the connection is lost: their messages will be redelivered, so their work is moot.
 	hctx, cancelHandlers := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelHandlers()
-	var inflight sync.WaitGroup
-	defer inflight.Wait()
+	lost := func(err error) error {
+		s.setState(fmt.Errorf("rabbitmq %s: %w", host.Addr(), err))
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			_ = ch.Cancel(s.tag, false)
 			done := make(chan struct{})
-			go func() { inflight.Wait(); close(done) }()
+			go func() { s.inflight.Wait(); close(done) }()
 			select {
 			case <-done:
 			case <-time.After(s.opts.ShutdownTimeout):
 				s.opts.Logger.Warn("handlers still running at shutdown; their messages will be redelivered")
 				cancelHandlers()
+				<-done
 			}
 			return nil
 		case e := <-closed:
-			cancelHandlers()
 			if e == nil {
-				return errors.New("connection closed")
+				return lost(errors.New("connection closed"))
 			}
-			return e
+			return lost(e)
 		case d, ok := <-deliveries:
 			if !ok {
-				cancelHandlers()
-				return errors.New("the broker closed the consumer")
+				return lost(errors.New("the broker closed the consumer"))
 			}
-			inflight.Add(1)
+			s.inflight.Add(1)
 			go func() {
-				defer inflight.Done()
+				defer s.inflight.Done()
 				s.deliver(hctx, pub, d)
 			}()
 		}

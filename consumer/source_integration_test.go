@@ -4,7 +4,7 @@ package consumer
 
 // Integration tests against a real rabbitmq-server of their own, started on loopback by
 // scripts/integration (test/cloud/up.sh in its RabbitMQ-only mode, state directory
-// GSC_RABBIT_DIR, default /tmp/gsc-rabbit). Each test uses queues of its own.
+// GSC_RABBIT_DIR, default /tmp/glance-sidecar-rabbitmq). Each test uses queues of its own.
 
 import (
 	"context"
@@ -28,7 +28,7 @@ func rabbitDir() string {
 	if d := os.Getenv("GSC_RABBIT_DIR"); d != "" {
 		return d
 	}
-	return "/tmp/gsc-rabbit"
+	return "/tmp/glance-sidecar-rabbitmq"
 }
 
 func rabbitEnv(t testing.TB) map[string]string {
@@ -78,6 +78,12 @@ func sourceOptions(t testing.TB, queue string) AMQPOptions {
 
 // startSource runs a source until the test ends (or stop is called) and waits until it consumes.
 func startSource(t *testing.T, opts AMQPOptions, h Handler) (stop func()) {
+	stop, _ = startSourceRef(t, opts, h)
+	return stop
+}
+
+// startSourceRef is startSource that also returns the source.
+func startSourceRef(t *testing.T, opts AMQPOptions, h Handler) (stop func(), src *AMQPSource) {
 	t.Helper()
 	src, err := NewAMQPSource(opts, h)
 	if err != nil {
@@ -97,7 +103,7 @@ func startSource(t *testing.T, opts AMQPOptions, h Handler) (stop func()) {
 		})
 	}
 	t.Cleanup(stop)
-	return stop
+	return stop, src
 }
 
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
@@ -386,31 +392,53 @@ func TestIntegrationCompetingConsumers(t *testing.T) {
 	}
 }
 
-// TestIntegrationBrokerRestart restarts the broker while messages flow: the source reconnects
-// and every message published (before, during and after) is handled.
+// TestIntegrationBrokerRestart restarts the broker while the source consumes, with messages
+// still queued: the source reconnects, declares its topology again (Glance's exchange is not
+// durable, so the broker forgets it and its bindings), and every message is handled: those
+// queued before the restart (persistent, in the durable queue) and those published after.
 func TestIntegrationBrokerRestart(t *testing.T) {
 	q := testQueue(t)
-	rec := &eventLog{}
+	release := make(chan struct{})
+	rec := &eventLog{fail: func(ev Event) error {
+		if strings.HasPrefix(ev.ImageID, "b") {
+			<-release // hold the first messages until the broker has gone
+		}
+		return nil
+	}}
 	opts := sourceOptions(t, q)
-	startSource(t, opts, rec)
+	opts.Prefetch = 4
+	if testing.Verbose() {
+		opts.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	_, src := startSourceRef(t, opts, rec)
 	pub := newPublisher(t, q+".key")
 	const before, after = 50, 50
 	for i := range before {
 		pub.mustPublish(uploadBody(fmt.Sprint("b", i)))
 	}
-	waitFor(t, 10*time.Second, "the first messages", func() bool { return len(rec.seen()) >= before })
+	waitFor(t, 10*time.Second, "the first handlers", func() bool { return len(rec.seen()) >= opts.Prefetch })
 	restartBroker(t)
+	close(release)
+	waitFor(t, 60*time.Second, "the source to consume again", func() bool { return src.Ready() == nil })
 	pub = newPublisher(t, q+".key")
 	for i := range after {
 		pub.mustPublish(uploadBody(fmt.Sprint("a", i)))
 	}
-	waitFor(t, 60*time.Second, "every message after the restart", func() bool {
+	distinct := func() int {
 		ids := map[string]bool{}
 		for _, ev := range rec.seen() {
 			ids[ev.ImageID] = true
 		}
-		return len(ids) == before+after
-	})
+		return len(ids)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for distinct() < before+after {
+		if time.Now().After(deadline) {
+			r, u := queueDepth(t, q)
+			t.Fatalf("%d of %d messages handled (%d deliveries); queue: %d ready, %d unacked; source: %v", distinct(), before+after, len(rec.seen()), r, u, src.Ready())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // restartBroker stops and starts the test broker with its data kept (test/cloud/rabbitmq.sh).

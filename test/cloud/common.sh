@@ -5,15 +5,35 @@
 # Every setting can be overridden from the environment; up.sh writes the values it used into
 # $GSC_CLOUD_DIR/env, and down.sh only needs GSC_CLOUD_DIR to find what to stop.
 
-GSC_CLOUD_DIR=${GSC_CLOUD_DIR:-/tmp/glance-sidecar-cloud}
+# What runs: "all" (RabbitMQ, Keystone, Glance) or "rabbitmq" (only RabbitMQ, e.g. for the
+# consumer's tests, which restart it with rabbitmq.sh). Each mode has its own default state
+# directory and ports, so one of each can run at the same time. Without GSC_SERVICES, the mode is
+# the one recorded in an existing state directory's env file (else "all").
+case ${GSC_SERVICES:-} in
+rabbitmq) GSC_CLOUD_DIR=${GSC_CLOUD_DIR:-/tmp/glance-sidecar-rabbitmq} ;;
+*) GSC_CLOUD_DIR=${GSC_CLOUD_DIR:-/tmp/glance-sidecar-cloud} ;;
+esac
+# The mode recorded in $GSC_CLOUD_DIR/env (empty when there is none).
+GSC_SERVICES_RECORDED=$(sed -n 's/^GSC_SERVICES=//p' "$GSC_CLOUD_DIR/env" 2>/dev/null || true)
+if [[ -z ${GSC_SERVICES:-} && -f $GSC_CLOUD_DIR/env ]]; then
+	GSC_SERVICES=${GSC_SERVICES_RECORDED:-all}
+fi
+GSC_SERVICES=${GSC_SERVICES:-all}
 GSC_KEYSTONE_PORT=${GSC_KEYSTONE_PORT:-25000}
 GSC_GLANCE_PORT=${GSC_GLANCE_PORT:-29292}
 # Not 25672: that is RabbitMQ's default Erlang distribution port (AMQP 5672 + 20000), which a
 # distro rabbitmq-server binds on every interface.
-GSC_RABBIT_PORT=${GSC_RABBIT_PORT:-25682}
-GSC_RABBIT_DIST_PORT=${GSC_RABBIT_DIST_PORT:-25683}
-GSC_EPMD_PORT=${GSC_EPMD_PORT:-24369}
-GSC_RABBIT_NODE=${GSC_RABBIT_NODE:-gsc@localhost}
+if [[ $GSC_SERVICES == rabbitmq ]]; then
+	GSC_RABBIT_PORT=${GSC_RABBIT_PORT:-26682}
+	GSC_RABBIT_DIST_PORT=${GSC_RABBIT_DIST_PORT:-26683}
+	GSC_EPMD_PORT=${GSC_EPMD_PORT:-26369}
+	GSC_RABBIT_NODE=${GSC_RABBIT_NODE:-gscmq@localhost}
+else
+	GSC_RABBIT_PORT=${GSC_RABBIT_PORT:-25682}
+	GSC_RABBIT_DIST_PORT=${GSC_RABBIT_DIST_PORT:-25683}
+	GSC_EPMD_PORT=${GSC_EPMD_PORT:-24369}
+	GSC_RABBIT_NODE=${GSC_RABBIT_NODE:-gsc@localhost}
+fi
 GSC_RABBIT_VHOST=${GSC_RABBIT_VHOST:-gsc}
 GSC_REGION=${GSC_REGION:-RegionOne}
 GSC_KEYSTONE_PROCESSES=${GSC_KEYSTONE_PROCESSES:-4}
@@ -116,7 +136,7 @@ group_leftovers() {
 # stop_pid NAME: TERM the recorded process, wait up to GSC_STOP_TIMEOUT s, then KILL it. Each
 # service is started as the leader of its own process group (setsid), so children it left behind
 # (uwsgi and glance-api workers, the Erlang VM under the rabbitmq-server script) are found in that
-# group and get the same treatment. Removes the pid files.
+# group and get the same treatment. Removes the pid files (and NAME.mode, NAME.app-stopped).
 stop_pid() {
 	local name=$1 pid pgid i left
 	if pid=$(recorded_pid "$name"); then
@@ -146,7 +166,8 @@ stop_pid() {
 			[[ -z $left ]] || kill -KILL $left 2>/dev/null || true
 		fi
 	fi
-	rm -f "$PIDS/$name.pid" "$PIDS/$name.start" "$PIDS/$name.pgid" "$PIDS/$name.mode"
+	rm -f "$PIDS/$name.pid" "$PIDS/$name.start" "$PIDS/$name.pgid" "$PIDS/$name.mode" \
+		"$PIDS/$name.app-stopped"
 }
 
 # start_bg NAME LOGFILE CMD...: starts CMD in its own session and process group (setsid without
@@ -206,4 +227,98 @@ rmqctl() {
 		rabbit_env
 		"$RABBIT_SBIN/rabbitmqctl" -n "$GSC_RABBIT_NODE" "$@"
 	)
+}
+
+# wait_ready NAME DESCRIPTION CMD...: polls CMD every 0.2 s for GSC_READY_TIMEOUT s; gives up at
+# once if the recorded process NAME died.
+wait_ready() {
+	local name=$1 what=$2 deadline
+	shift 2
+	deadline=$((SECONDS + GSC_READY_TIMEOUT))
+	until "$@" >/dev/null 2>&1; do
+		if ! recorded_pid "$name" >/dev/null; then
+			log "$name died while waiting for $what; last lines of its logs:"
+			tail -n 30 "$LOGS/$name".* >&2 || true
+			return 1
+		fi
+		if ((SECONDS >= deadline)); then
+			log "timed out after ${GSC_READY_TIMEOUT}s waiting for $what"
+			tail -n 30 "$LOGS/$name".* >&2 || true
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+port_must_be_free() {
+	if port_open "$1"; then
+		die "127.0.0.1:$1 is in use by a process this cloud did not start ($2); set another port (see README.md)"
+	fi
+}
+
+# The node's own log file (RabbitMQ names it after the node).
+rabbit_log() {
+	printf '%s\n' "$LOGS/rabbitmq/$GSC_RABBIT_NODE.log"
+}
+
+# rabbit_booted MARK: the node's AMQP port accepts connections and its log, from byte MARK on
+# (its size before this start), says the boot is complete. No CLI involved: rabbitmqctl takes
+# half a second or more just to start its own Erlang VM.
+rabbit_booted() {
+	local f=$LOGS/rabbitmq/$GSC_RABBIT_NODE.log mark=$1 size
+	port_open "$GSC_RABBIT_PORT" || return 1
+	size=$(stat -c %s "$f" 2>/dev/null) || return 1
+	((size >= mark)) || mark=0
+	[[ $(tail -c "+$((mark + 1))" "$f") == *"Server startup complete"* ]]
+}
+
+# ensure_epmd: starts our epmd unless it is running. A node whose epmd went away cannot be
+# reached any more: it is stopped first.
+ensure_epmd() {
+	recorded_pid epmd >/dev/null && return 0
+	stop_pid rabbitmq
+	stop_pid epmd
+	port_must_be_free "$GSC_EPMD_PORT" epmd
+	start_bg epmd "$LOGS/epmd.log" env ERL_EPMD_PORT="$GSC_EPMD_PORT" \
+		"$EPMD" -port "$GSC_EPMD_PORT" -address 127.0.0.1
+	wait_ready epmd "epmd on 127.0.0.1:$GSC_EPMD_PORT" port_open "$GSC_EPMD_PORT"
+}
+
+# start_rabbitmq: starts the node (our epmd must be running) with the state directory's
+# configuration and data (mnesia: vhosts, users, durable queues, persistent messages), and waits
+# until it has booted.
+start_rabbitmq() {
+	local mark
+	stop_pid rabbitmq # what a dead one left behind
+	port_must_be_free "$GSC_RABBIT_PORT" "RabbitMQ AMQP"
+	port_must_be_free "$GSC_RABBIT_DIST_PORT" "RabbitMQ distribution"
+	mark=$(stat -c %s "$(rabbit_log)" 2>/dev/null || echo 0)
+	(
+		rabbit_env
+		start_bg rabbitmq "$LOGS/rabbitmq.out" "$RABBIT_SBIN/rabbitmq-server"
+	)
+	wait_ready rabbitmq "RabbitMQ on 127.0.0.1:$GSC_RABBIT_PORT" rabbit_booted "$mark"
+}
+
+# rabbit_app start|stop: starts or stops the broker application inside the running node
+# (rabbitmqctl start_app / stop_app, without the CLI's own Erlang VM): erl_call talks to the
+# node's distribution port directly, in milliseconds. The node keeps running; "stop" closes every
+# client connection and the AMQP listener, "start" recovers vhosts and durable queues from disk.
+# Marks a stopped application with $PIDS/rabbitmq.app-stopped.
+rabbit_app() {
+	local action=$1 erl_call='' f out timeout=$GSC_READY_TIMEOUT
+	for f in /usr/lib/erlang/erts-*/bin/erl_call /usr/lib/erlang/lib/erl_interface-*/bin/erl_call; do
+		if [[ -x $f ]]; then
+			erl_call=$f
+			break
+		fi
+	done
+	[[ -n $erl_call ]] || die "erl_call not found (package erlang-base)"
+	[[ $action == stop ]] && timeout=$GSC_STOP_TIMEOUT
+	[[ $action == stop ]] && touch "$PIDS/rabbitmq.app-stopped"
+	out=$("$erl_call" -c "$ERLANG_COOKIE" -address "127.0.0.1:$GSC_RABBIT_DIST_PORT" \
+		-timeout "$timeout" -a "rabbit $action" 2>&1) || die "erl_call rabbit $action: $out"
+	[[ $out == ok ]] || die "rabbit:$action() returned $out"
+	[[ $action == start ]] && rm -f "$PIDS/rabbitmq.app-stopped"
+	return 0
 }

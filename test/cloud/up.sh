@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Brings up glance-sidecar's test cloud: RabbitMQ, Keystone and Glance from Debian 12's packages,
 # on 127.0.0.1 only, with all state in ${GSC_CLOUD_DIR:-/tmp/glance-sidecar-cloud}.
+# With GSC_SERVICES=rabbitmq, only RabbitMQ (its own ports, state in
+# ${GSC_CLOUD_DIR:-/tmp/glance-sidecar-rabbitmq}); rabbitmq.sh then stops, starts and restarts it.
 #
 # Idempotent: what is already up is only verified; what is down is started. Ends with a smoke
 # check (upload, download, compare, delete; a notification reaches RabbitMQ; demo lists images).
@@ -19,6 +21,11 @@ TRANSPORT_URL=rabbit://$RABBIT_USER:$RABBIT_PASSWORD@127.0.0.1:$GSC_RABBIT_PORT/
 case $GSC_GLANCE_SERVER in
 eventlet | uwsgi) ;;
 *) die "GSC_GLANCE_SERVER must be eventlet or uwsgi, not $GSC_GLANCE_SERVER" ;;
+esac
+case $GSC_SERVICES in
+all) FULL=1 ;;
+rabbitmq) FULL=0 ;;
+*) die "GSC_SERVICES must be all or rabbitmq, not $GSC_SERVICES" ;;
 esac
 [[ $(id -u) == 0 ]] || die "run as root (apt-get, and the services run as root)"
 [[ $STATE == /* && $STATE != *[[:space:]]* ]] || die "GSC_CLOUD_DIR must be an absolute path without spaces"
@@ -48,33 +55,6 @@ on_error() {
 }
 trap on_error ERR
 
-# wait_ready NAME DESCRIPTION CMD...: polls CMD every 0.5 s for GSC_READY_TIMEOUT s; gives up at
-# once if the recorded process NAME died.
-wait_ready() {
-	local name=$1 what=$2 deadline
-	shift 2
-	deadline=$((SECONDS + GSC_READY_TIMEOUT))
-	until "$@" >/dev/null 2>&1; do
-		if ! recorded_pid "$name" >/dev/null; then
-			log "$name died while waiting for $what; last lines of its logs:"
-			tail -n 30 "$LOGS/$name".* >&2 || true
-			return 1
-		fi
-		if ((SECONDS >= deadline)); then
-			log "timed out after ${GSC_READY_TIMEOUT}s waiting for $what"
-			tail -n 30 "$LOGS/$name".* >&2 || true
-			return 1
-		fi
-		sleep 0.5
-	done
-}
-
-port_must_be_free() {
-	if port_open "$1"; then
-		die "127.0.0.1:$1 is in use by a process this cloud did not start ($2); set another port (see README.md)"
-	fi
-}
-
 http_code() {
 	curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$@" || true
 }
@@ -92,8 +72,12 @@ token() {
 
 # ---------------------------------------------------------------------------------------------
 # apt: install what is missing, services kept from starting by a temporary policy-rc.d.
-PACKAGES=(rabbitmq-server keystone glance-api python3-openstackclient qemu-utils
-	uwsgi-plugin-python3 sqlite3 curl)
+if ((FULL)); then
+	PACKAGES=(rabbitmq-server keystone glance-api python3-openstackclient qemu-utils
+		uwsgi-plugin-python3 sqlite3 curl)
+else
+	PACKAGES=(rabbitmq-server)
+fi
 POLICY_RC=/usr/sbin/policy-rc.d
 POLICY_RC_OURS=0
 remove_policy_rc() {
@@ -180,15 +164,26 @@ fi
 # config: every file is rewritten on each run (same input, same output).
 phase config
 mkdir -p "$STATE" "$PIDS" "$LOGS" "$LOGS/rabbitmq" "$STATE/bin" \
-	"$STATE/rabbitmq/home" "$STATE/rabbitmq/mnesia" \
-	"$STATE/keystone/fernet-keys" "$STATE/keystone/credential-keys" \
-	"$STATE/glance/images" "$STATE/glance/staging" "$STATE/glance/cache" \
-	"$STATE/glance/tasks" "$STATE/glance/lock"
-chmod 700 "$STATE/keystone/fernet-keys" "$STATE/keystone/credential-keys"
+	"$STATE/rabbitmq/home" "$STATE/rabbitmq/mnesia"
 
-# One writer at a time (down.sh takes the same lock).
+# One writer at a time (down.sh and rabbitmq.sh take the same lock).
 exec 9>"$STATE/.lock"
-flock -n 9 || die "another up.sh or down.sh is running on $STATE"
+flock -n 9 || die "another up.sh, down.sh or rabbitmq.sh is running on $STATE"
+
+# A state directory keeps its mode while anything in it runs (the ports differ per mode).
+if [[ -n $GSC_SERVICES_RECORDED && $GSC_SERVICES_RECORDED != "$GSC_SERVICES" ]]; then
+	for f in "$PIDS"/*.pid; do
+		if [[ -f $f ]] && recorded_pid "$(basename "$f" .pid)" >/dev/null; then
+			die "$STATE runs GSC_SERVICES=$GSC_SERVICES_RECORDED; stop it with down.sh before switching to $GSC_SERVICES"
+		fi
+	done
+fi
+if ((FULL)); then
+	mkdir -p "$STATE/keystone/fernet-keys" "$STATE/keystone/credential-keys" \
+		"$STATE/glance/images" "$STATE/glance/staging" "$STATE/glance/cache" \
+		"$STATE/glance/tasks" "$STATE/glance/lock"
+	chmod 700 "$STATE/keystone/fernet-keys" "$STATE/keystone/credential-keys"
+fi
 
 # put FILE: writes stdin to FILE only when the content differs, and remembers that it changed (a
 # running service whose configuration changed is restarted).
@@ -242,8 +237,9 @@ log.console = false
 log.file.level = info
 EOF
 
-# Keystone
-put "$STATE/keystone/keystone.conf" <<EOF
+if ((FULL)); then
+	# Keystone
+	put "$STATE/keystone/keystone.conf" <<EOF
 [DEFAULT]
 log_file = $LOGS/keystone.log
 use_stderr = false
@@ -270,7 +266,7 @@ key_repository = $STATE/keystone/credential-keys
 # second (this cloud is for tests; applies to passwords set from now on).
 password_hash_rounds = 4
 EOF
-put "$STATE/keystone/uwsgi.ini" <<EOF
+	put "$STATE/keystone/uwsgi.ini" <<EOF
 [uwsgi]
 # Our own file: Debian's /etc/keystone/keystone-uwsgi.ini loads the apparmor plugin, switches to
 # the keystone user and logs to /var/log.
@@ -298,8 +294,8 @@ listen = 100
 skip-atexit-teardown = true
 EOF
 
-# Glance
-put "$STATE/glance/glance-api.conf" <<EOF
+	# Glance
+	put "$STATE/glance/glance-api.conf" <<EOF
 [DEFAULT]
 bind_host = 127.0.0.1
 bind_port = $GSC_GLANCE_PORT
@@ -348,10 +344,10 @@ lock_path = $STATE/glance/lock
 work_dir = $STATE/glance/tasks
 EOF
 
-# Under uwsgi, glance-wsgi-api reads glance-api.conf and glance-api-paste.ini from
-# OS_GLANCE_CONFIG_DIR (bind_host, bind_port and workers above then do not apply).
-ln -sfn /etc/glance/glance-api-paste.ini "$STATE/glance/glance-api-paste.ini"
-put "$STATE/glance/uwsgi.ini" <<EOF
+	# Under uwsgi, glance-wsgi-api reads glance-api.conf and glance-api-paste.ini from
+	# OS_GLANCE_CONFIG_DIR (bind_host, bind_port and workers above then do not apply).
+	ln -sfn /etc/glance/glance-api-paste.ini "$STATE/glance/glance-api-paste.ini"
+	put "$STATE/glance/uwsgi.ini" <<EOF
 [uwsgi]
 # Only used with GSC_GLANCE_SERVER=uwsgi.
 plugins = python3
@@ -380,9 +376,9 @@ listen = 100
 skip-atexit-teardown = true
 EOF
 
-# Clients: clouds.yaml, one openrc per user, passwords, the env file for Go tests.
-cloud_entry() { # NAME USER PASSWORD PROJECT
-	cat <<EOF
+	# Clients: clouds.yaml, one openrc per user, passwords, the env file for Go tests.
+	cloud_entry() { # NAME USER PASSWORD PROJECT
+		cat <<EOF
   $1:
     auth:
       auth_url: $KEYSTONE_URL
@@ -395,16 +391,16 @@ cloud_entry() { # NAME USER PASSWORD PROJECT
     interface: public
     identity_api_version: 3
 EOF
-}
-{
-	echo "# glance-sidecar test cloud (written by test/cloud/up.sh)"
-	echo "clouds:"
-	cloud_entry admin admin "$ADMIN_PASSWORD" admin
-	cloud_entry sidecar glance-sidecar "$SIDECAR_PASSWORD" service
-	cloud_entry demo demo "$DEMO_PASSWORD" demo
-} | put "$STATE/clouds.yaml"
-openrc() { # NAME USER PASSWORD PROJECT
-	put "$STATE/openrc-$1" <<EOF
+	}
+	{
+		echo "# glance-sidecar test cloud (written by test/cloud/up.sh)"
+		echo "clouds:"
+		cloud_entry admin admin "$ADMIN_PASSWORD" admin
+		cloud_entry sidecar glance-sidecar "$SIDECAR_PASSWORD" service
+		cloud_entry demo demo "$DEMO_PASSWORD" demo
+	} | put "$STATE/clouds.yaml"
+	openrc() { # NAME USER PASSWORD PROJECT
+		put "$STATE/openrc-$1" <<EOF
 # glance-sidecar test cloud, user $2 in project $4: source this file.
 export OS_AUTH_URL=$KEYSTONE_URL
 export OS_IDENTITY_API_VERSION=3
@@ -416,22 +412,33 @@ export OS_PROJECT_DOMAIN_NAME=Default
 export OS_REGION_NAME=$GSC_REGION
 export OS_INTERFACE=public
 EOF
-}
-openrc admin admin "$ADMIN_PASSWORD" admin
-openrc sidecar glance-sidecar "$SIDECAR_PASSWORD" service
-openrc demo demo "$DEMO_PASSWORD" demo
-put "$STATE/passwords" <<EOF
+	}
+	openrc admin admin "$ADMIN_PASSWORD" admin
+	openrc sidecar glance-sidecar "$SIDECAR_PASSWORD" service
+	openrc demo demo "$DEMO_PASSWORD" demo
+fi
+{
+	if ((FULL)); then
+		cat <<EOF
 ADMIN_PASSWORD=$ADMIN_PASSWORD
 GLANCE_PASSWORD=$GLANCE_PASSWORD
 SIDECAR_PASSWORD=$SIDECAR_PASSWORD
 DEMO_PASSWORD=$DEMO_PASSWORD
+EOF
+	fi
+	cat <<EOF
 RABBIT_USER=$RABBIT_USER
 RABBIT_PASSWORD=$RABBIT_PASSWORD
 ERLANG_COOKIE=$ERLANG_COOKIE
 EOF
+} | put "$STATE/passwords"
 chmod 600 "$STATE/passwords"
-put "$STATE/env" <<EOF
-GSC_CLOUD_DIR=$STATE
+# The env file for Go tests (and for rabbitmq.sh, which takes the node's settings from it).
+{
+	echo "GSC_CLOUD_DIR=$STATE"
+	echo "GSC_SERVICES=$GSC_SERVICES"
+	if ((FULL)); then
+		cat <<EOF
 GSC_KEYSTONE_URL=$KEYSTONE_URL
 GSC_GLANCE_URL=$GLANCE_URL
 GSC_KEYSTONE_PORT=$GSC_KEYSTONE_PORT
@@ -449,6 +456,9 @@ GSC_DEMO_PASSWORD=$DEMO_PASSWORD
 GSC_DEMO_PROJECT=demo
 GSC_USER_DOMAIN=Default
 GSC_PROJECT_DOMAIN=Default
+EOF
+	fi
+	cat <<EOF
 GSC_RABBIT_HOST=127.0.0.1
 GSC_RABBIT_PORT=$GSC_RABBIT_PORT
 GSC_RABBIT_DIST_PORT=$GSC_RABBIT_DIST_PORT
@@ -459,16 +469,28 @@ GSC_RABBIT_USER=$RABBIT_USER
 GSC_RABBIT_PASSWORD=$RABBIT_PASSWORD
 GSC_TRANSPORT_URL=$TRANSPORT_URL
 GSC_AMQP_URL=amqp://$RABBIT_USER:$RABBIT_PASSWORD@127.0.0.1:$GSC_RABBIT_PORT/$GSC_RABBIT_VHOST
+EOF
+	if ((FULL)); then
+		cat <<EOF
 GSC_NOTIFICATION_EXCHANGE=glance
 GSC_NOTIFICATION_TOPIC=notifications
 GSC_NOTIFY_RETRY=$GSC_NOTIFY_RETRY
+EOF
+	fi
+	cat <<EOF
 GSC_RABBITMQCTL=$STATE/bin/rabbitmqctl
+GSC_RABBIT_LOG=$(rabbit_log)
 GSC_LOG_DIR=$LOGS
+EOF
+	if ((FULL)); then
+		cat <<EOF
 GSC_GLANCE_CONF=$STATE/glance/glance-api.conf
 GSC_GLANCE_SERVER=$GSC_GLANCE_SERVER
 GSC_GLANCE_IMAGE_DIR=$STATE/glance/images
 GSC_KEYSTONE_CONF=$STATE/keystone/keystone.conf
 EOF
+	fi
+} | put "$STATE/env"
 # A rabbitmqctl bound to our node, for people and tests (self-contained: no path into the repo).
 {
 	echo '#!/bin/bash'
@@ -493,6 +515,58 @@ chmod 755 "$STATE/bin/rabbitmqctl"
 phase_done
 
 # ---------------------------------------------------------------------------------------------
+# Nothing of ours may listen anywhere but on loopback: 127.0.0.1, and [::1] for epmd, which always
+# adds the loopback addresses to the one given with -address.
+listen_check() {
+	phase listen-check
+	local f n pid p bad our_pids=()
+	for f in "$PIDS"/*.pid; do
+		n=$(basename "$f" .pid)
+		pid=$(recorded_pid "$n") || continue
+		if [[ -f $PIDS/$n.pgid ]]; then
+			while read -r p; do our_pids+=("$p"); done < <(group_members "$pid")
+		else
+			our_pids+=("$pid")
+		fi
+	done
+	bad=$(ss -ltnpH | awk -v pids=" ${our_pids[*]} " '
+		{ addr = $4; sub(/:[0-9]+$/, "", addr)
+		  n = split($0, parts, "pid=")
+		  for (i = 2; i <= n; i++) { p = parts[i]; sub(/[^0-9].*/, "", p)
+		    if (index(pids, " " p " ") && addr != "127.0.0.1" && addr != "[::1]") print $4 " (pid " p ")" } }')
+	[[ -z $bad ]] || die "listening beyond loopback: $bad"
+	phase_done "${#our_pids[@]} processes, all listeners on loopback"
+}
+
+# The closing summary: where everything is, how long each phase took.
+summary() {
+	local total t
+	total=$(awk -v a="$T_ALL" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
+	{
+		echo
+		if ((FULL)); then
+			echo "glance-sidecar test cloud is up (state in $STATE)"
+		else
+			echo "glance-sidecar test cloud is up, RabbitMQ only (state in $STATE)"
+		fi
+		if ((FULL)); then
+			echo "  keystone  $KEYSTONE_URL"
+			echo "  glance    $GLANCE_URL"
+		fi
+		echo "  rabbitmq  $TRANSPORT_URL (node $GSC_RABBIT_NODE, rabbitmqctl: $STATE/bin/rabbitmqctl)"
+		if ((FULL)); then
+			echo "  clients   OS_CLIENT_CONFIG_FILE=$STATE/clouds.yaml (clouds admin, sidecar, demo) or . $STATE/openrc-admin"
+		else
+			echo "  restart   GSC_CLOUD_DIR=$STATE $HERE/rabbitmq.sh restart"
+		fi
+		echo "  tests     $STATE/env (KEY=VALUE)"
+		echo "timings:"
+		for t in "${TIMINGS[@]}"; do echo "  $t"; done
+		echo "  total ${total}s"
+	} >&2
+}
+
+# ---------------------------------------------------------------------------------------------
 phase rabbitmq
 rabbit_note=
 if recorded_pid rabbitmq >/dev/null && changed "$STATE/rabbitmq/rabbitmq.conf" "$STATE/rabbitmq/enabled_plugins"; then
@@ -502,26 +576,19 @@ fi
 if recorded_pid epmd >/dev/null && recorded_pid rabbitmq >/dev/null && rabbit_ok >/dev/null 2>&1; then
 	rabbit_note="already running, verified"
 else
-	if ! recorded_pid epmd >/dev/null; then
-		# A node whose epmd went away cannot be reached any more: restart both.
-		stop_pid rabbitmq
-		stop_pid epmd
-		port_must_be_free "$GSC_EPMD_PORT" epmd
-		start_bg epmd "$LOGS/epmd.log" env ERL_EPMD_PORT="$GSC_EPMD_PORT" \
-			"$EPMD" -port "$GSC_EPMD_PORT" -address 127.0.0.1
-		wait_ready epmd "epmd on 127.0.0.1:$GSC_EPMD_PORT" port_open "$GSC_EPMD_PORT"
+	ensure_epmd # (restarts the node too when epmd was gone)
+	if recorded_pid rabbitmq >/dev/null; then
+		if [[ -f $PIDS/rabbitmq.app-stopped ]]; then
+			log "RabbitMQ's application was stopped (rabbitmq.sh stop-app): starting it"
+			rabbit_app start
+		fi
+		# Running, but not answering (yet).
+		wait_ready rabbitmq "RabbitMQ on 127.0.0.1:$GSC_RABBIT_PORT" rabbit_ok
+		rabbit_note="was running, answers now"
+	else
+		start_rabbitmq
+		rabbit_note=started
 	fi
-	if ! recorded_pid rabbitmq >/dev/null; then
-		stop_pid rabbitmq # what a dead one left behind
-		port_must_be_free "$GSC_RABBIT_PORT" "RabbitMQ AMQP"
-		port_must_be_free "$GSC_RABBIT_DIST_PORT" "RabbitMQ distribution"
-		(
-			rabbit_env
-			start_bg rabbitmq "$LOGS/rabbitmq.out" "$RABBIT_SBIN/rabbitmq-server"
-		)
-	fi
-	wait_ready rabbitmq "RabbitMQ on 127.0.0.1:$GSC_RABBIT_PORT" rabbit_ok
-	rabbit_note=started
 fi
 # The vhost, user and permissions (created at first boot from rabbitmq.conf; checked here).
 # (Output captured first: `rabbitmqctl | grep -q` fails under pipefail when grep exits early.)
@@ -533,6 +600,13 @@ if ! grep -qE "^${RABBIT_USER}[[:space:]]+\.\*[[:space:]]+\.\*[[:space:]]+\.\*\$
 	rmqctl set_permissions -p "$GSC_RABBIT_VHOST" "$RABBIT_USER" '.*' '.*' '.*' >/dev/null
 fi
 phase_done "$rabbit_note; vhost $GSC_RABBIT_VHOST, user $RABBIT_USER"
+
+# GSC_SERVICES=rabbitmq: that was all.
+if ((!FULL)); then
+	listen_check
+	summary
+	exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------
 phase keystone
@@ -634,27 +708,7 @@ else
 	phase_done "started ($GSC_GLANCE_SERVER)"
 fi
 
-# ---------------------------------------------------------------------------------------------
-# Nothing of ours may listen anywhere but on loopback: 127.0.0.1, and [::1] for epmd, which always
-# adds the loopback addresses to the one given with -address.
-phase listen-check
-our_pids=()
-for f in "$PIDS"/*.pid; do
-	n=$(basename "$f" .pid)
-	pid=$(recorded_pid "$n") || continue
-	if [[ -f $PIDS/$n.pgid ]]; then
-		while read -r p; do our_pids+=("$p"); done < <(group_members "$pid")
-	else
-		our_pids+=("$pid")
-	fi
-done
-bad=$(ss -ltnpH | awk -v pids=" ${our_pids[*]} " '
-	{ addr = $4; sub(/:[0-9]+$/, "", addr)
-	  n = split($0, parts, "pid=")
-	  for (i = 2; i <= n; i++) { p = parts[i]; sub(/[^0-9].*/, "", p)
-	    if (index(pids, " " p " ") && addr != "127.0.0.1" && addr != "[::1]") print $4 " (pid " p ")" } }')
-[[ -z $bad ]] || die "listening beyond loopback: $bad"
-phase_done "${#our_pids[@]} processes, all listeners on loopback"
+listen_check
 
 # ---------------------------------------------------------------------------------------------
 if [[ $GSC_CLOUD_SMOKE != 0 ]]; then
@@ -727,16 +781,4 @@ if [[ $GSC_CLOUD_SMOKE != 0 ]]; then
 	phase_done "qcow2 up/down/compare/delete, sidecar rights, demo list ok; notifications.info $before -> $after messages"
 fi
 
-total=$(awk -v a="$T_ALL" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
-{
-	echo
-	echo "glance-sidecar test cloud is up (state in $STATE)"
-	echo "  keystone  $KEYSTONE_URL"
-	echo "  glance    $GLANCE_URL"
-	echo "  rabbitmq  $TRANSPORT_URL (node $GSC_RABBIT_NODE, rabbitmqctl: $STATE/bin/rabbitmqctl)"
-	echo "  clients   OS_CLIENT_CONFIG_FILE=$STATE/clouds.yaml (clouds admin, sidecar, demo) or . $STATE/openrc-admin"
-	echo "  tests     $STATE/env (KEY=VALUE)"
-	echo "timings:"
-	for t in "${TIMINGS[@]}"; do echo "  $t"; done
-	echo "  total ${total}s"
-} >&2
+summary
