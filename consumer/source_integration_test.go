@@ -500,3 +500,49 @@ func BenchmarkAMQPSource(b *testing.B) {
 		})
 	}
 }
+
+func TestIntegrationQuorumQueues(t *testing.T) {
+	q := testQueue(t)
+	rec := &eventLog{}
+	opts := sourceOptions(t, q)
+	opts.QuorumQueues = true
+	startSource(t, opts, rec)
+	newPublisher(t, q+".key").mustPublish(uploadBody("quorum"))
+	waitFor(t, 5*time.Second, "the event", func() bool { return len(rec.seen()) == 1 })
+	env := rabbitEnv(t)
+	out, err := exec.Command(env["GSC_RABBITMQCTL"], "list_queues", "-q", "-p", env["GSC_RABBIT_VHOST"], "name", "type").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) == 2 {
+			types[f[0]] = f[1]
+		}
+	}
+	for _, name := range []string{q, q + ".retry", q + ".dead"} {
+		if types[name] != "quorum" {
+			t.Errorf("queue %s is %q, want quorum", name, types[name])
+		}
+	}
+}
+
+// TestIntegrationHostFailover gives the source a transport URL whose first host refuses
+// connections: it must move on to the second.
+func TestIntegrationHostFailover(t *testing.T) {
+	env := rabbitEnv(t)
+	u, err := ParseTransportURL(env["GSC_TRANSPORT_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := u.Hosts[0]
+	dead := fmt.Sprintf("%s:%s@127.0.0.1:1", h.Username, h.Password)
+	live := fmt.Sprintf("%s:%s@%s", h.Username, h.Password, h.Addr())
+	q := testQueue(t)
+	opts := sourceOptions(t, q)
+	opts.TransportURL = fmt.Sprintf("rabbit://%s,%s/%s", dead, live, u.VirtualHost)
+	rec := &eventLog{}
+	startSource(t, opts, rec)
+	newPublisher(t, q+".key").mustPublish(uploadBody("failover"))
+	waitFor(t, 5*time.Second, "the event", func() bool { return len(rec.seen()) == 1 })
+}
