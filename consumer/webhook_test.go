@@ -680,3 +680,38 @@ func BenchmarkWebhook(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 }
+
+// FuzzWebhook feeds arbitrary headers and bodies to the webhook: it must never panic, and it
+// must accept (202 accepted) only a body signed with the secret.
+func FuzzWebhook(f *testing.F) {
+	upload, _ := os.ReadFile("testdata/notifications/image.upload.json")
+	ts := strconv.FormatInt(testNow.Unix(), 10)
+	f.Add(ts, SignWebhook([]byte(testSecret), ts, upload), "application/json", upload)
+	f.Add(ts, "sha256=00", "application/json; charset=utf-8", []byte(`{"image_id":"i","event_type":"image.upload"}`))
+	f.Add("-1", "sha1=zz", "text/plain", []byte("x"))
+	var calls atomic.Int64
+	hook, err := NewWebhook(WebhookOptions{
+		SecretFile: writeSecret(f, testSecret),
+		Logger:     slog.New(slog.DiscardHandler),
+		Now:        func() time.Time { return testNow },
+	}, HandlerFunc(func(context.Context, Event) error { calls.Add(1); return nil }))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, ts, sig, ct string, body []byte) {
+		req := httptest.NewRequest(http.MethodPost, "/v1/events", bytes.NewReader(body))
+		req.Header.Set("Content-Type", ct)
+		req.Header.Set(TimestampHeader, ts)
+		req.Header.Set(SignatureHeader, sig)
+		rec := httptest.NewRecorder()
+		before := calls.Load()
+		hook.ServeHTTP(rec, req)
+		called := calls.Load() > before
+		if called && sig != SignWebhook([]byte(testSecret), ts, body) {
+			t.Fatalf("handler called for a body not signed with the secret: ts %q sig %q", ts, sig)
+		}
+		if rec.Code == http.StatusAccepted && strings.Contains(rec.Body.String(), `"accepted"`) && !called {
+			t.Fatalf("accepted without calling the handler: %s", rec.Body)
+		}
+	})
+}
