@@ -134,17 +134,9 @@ func (z *zeroImage) ReadAt(p []byte, off int64) (int, error) {
 // the format tests) and returns the bytes read.
 func bytesReadAt(t testing.TB, path string) int64 {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, size := openFile(t, path)
 	cr := &countingReaderAt{r: f}
-	if _, err := inspect.InspectAt(context.Background(), cr, st.Size(), inspect.Options{}); err != nil {
+	if _, err := inspect.InspectAt(context.Background(), cr, size, inspect.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	return cr.bytes.Load()
@@ -171,17 +163,9 @@ func allocatedStream(t testing.TB, r io.Reader) int64 {
 
 func allocatedAt(t testing.TB, path string) int64 {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
+	f, size := openFile(t, path)
 	return allocated(t, func() {
-		if _, err := inspect.InspectAt(context.Background(), f, st.Size(), inspect.Options{}); err != nil {
+		if _, err := inspect.InspectAt(context.Background(), f, size, inspect.Options{}); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -192,17 +176,11 @@ func allocatedAt(t testing.TB, path string) int64 {
 func BenchmarkInspectAt(b *testing.B) {
 	for _, bi := range budgetImages {
 		b.Run(bi.name, func(b *testing.B) {
-			path := bi.make(b)
-			f, err := os.Open(path)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer f.Close()
-			st, _ := f.Stat()
+			f, size := openFile(b, bi.make(b))
 			cr := &countingReaderAt{r: f}
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := inspect.InspectAt(b.Context(), cr, st.Size(), inspect.Options{}); err != nil {
+				if _, err := inspect.InspectAt(b.Context(), cr, size, inspect.Options{}); err != nil {
 					b.Fatal(err)
 				}
 			}

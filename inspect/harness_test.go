@@ -160,19 +160,26 @@ func inspectAll(t testing.TB, data io.ReaderAt, size int64, opts inspect.Options
 	return want, cr.bytes.Load()
 }
 
-// inspectFile is inspectAll over a file.
-func inspectFile(t testing.TB, path string, opts inspect.Options) (*inspect.Report, int64) {
+// openFile opens path for the test's duration and returns it with its size.
+func openFile(t testing.TB, path string) (*os.File, int64) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	st, err := f.Stat()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return inspectAll(t, f, st.Size(), opts)
+	return f, st.Size()
+}
+
+// inspectFile is inspectAll over a file.
+func inspectFile(t testing.TB, path string, opts inspect.Options) (*inspect.Report, int64) {
+	t.Helper()
+	f, size := openFile(t, path)
+	return inspectAll(t, f, size, opts)
 }
 
 // inspectBytes is inspectAll over a byte slice.
