@@ -31,7 +31,7 @@ func inspectCommand() *cli.Command {
 // inspectResult is one line of `inspect --output json`.
 type inspectResult struct {
 	File        string            `json:"file"`
-	Format      inspect.Format    `json:"format,omitempty"`
+	Format      *inspect.Format   `json:"format"` // null when the file could not be read
 	VirtualSize *int64            `json:"virtual_size"`
 	Safe        bool              `json:"safe"`
 	Problems    []inspect.Problem `json:"problems"`
@@ -97,7 +97,7 @@ func inspectOne(c *cli.Context, name string, opts inspect.Options) inspectResult
 		res.Error = err.Error()
 		return res
 	}
-	res.Format = rep.Format
+	res.Format = &rep.Format
 	if rep.VirtualSize != inspect.SizeUnknown {
 		res.VirtualSize = &rep.VirtualSize
 	}
@@ -140,7 +140,7 @@ func writeTable(w io.Writer, results []inspectResult) error {
 		if !r.Safe {
 			safe = "NO"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.File, r.Format, size, safe, summary(r.Details))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.File, *r.Format, size, safe, summary(r.Details))
 		for _, p := range r.Problems {
 			fmt.Fprintf(tw, "\t\t\t\t  %s: %s\n", p.Code, p.Detail)
 		}

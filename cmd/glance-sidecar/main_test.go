@@ -92,7 +92,7 @@ func checkJSONFields(t *testing.T, line string) {
 	sort.Strings(keys)
 	want := []string{"details", "file", "format", "problems", "safe", "virtual_size"}
 	if _, ok := m["error"]; ok {
-		want = []string{"details", "error", "file", "problems", "safe", "virtual_size"}
+		want = []string{"details", "error", "file", "format", "problems", "safe", "virtual_size"}
 	}
 	if !reflect.DeepEqual(keys, want) {
 		t.Errorf("fields %v, want %v", keys, want)
