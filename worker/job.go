@@ -1,0 +1,216 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+	"github.com/glance-sidecar/glance-sidecar/inspect"
+)
+
+// OutcomeSkipped is a job that decided the image is not its to look at, or already looked at.
+// It is not written to the image.
+const OutcomeSkipped Outcome = "skipped"
+
+// JobOptions configure Job.
+type JobOptions struct {
+	// Properties say how findings are written.
+	Properties PropertyOptions
+	// Wait bounds the wait for the image to become active.
+	Wait glanceclient.WaitOptions
+	// Range tunes the ranged reads.
+	Range glanceclient.RangeOptions
+	// VerifyChecksum reads the whole image once more to check it against os_hash_value
+	// when the inspection itself read only ranges.
+	VerifyChecksum bool
+	// DeactivateUnsafe deactivates an image found unsafe, as well as marking it.
+	DeactivateUnsafe bool
+	// Owners, Visibilities and DiskFormats restrict the images looked at (empty: all).
+	Owners, Visibilities, DiskFormats []string
+	// Force looks at an image even when its outcome is current.
+	Force bool
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Logger gets one line per job (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Result is what one job did.
+type Result struct {
+	ImageID string
+	Outcome Outcome
+	// Reason says why a job was skipped or failed.
+	Reason string
+	// Report is the inspection, when there was one.
+	Report *inspect.Report
+	// Mode is how the data was read: "range" or "stream".
+	Mode string
+	// BytesRead is the image data read from Glance.
+	BytesRead int64
+	// Deactivated is set when the job deactivated the image.
+	Deactivated bool
+}
+
+// hashKey is the property that says which data the recorded outcome is about.
+const hashKey = "checked_hash"
+
+// Job looks at one image: it waits until the image is active, skips what is not ours (not
+// bare, filtered out, an outcome already current for this data), inspects the data (by ranges,
+// or by one streaming pass when the store refuses ranges), writes the findings back in one
+// PATCH and, if configured, deactivates an unsafe image. An error means the job should be
+// tried again later; images that are gone or will not become active are skipped, not errors.
+func Job(ctx context.Context, c *glanceclient.Client, imageID string, opts JobOptions) (Result, error) {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	start := opts.Now()
+	res, err := job(ctx, c, imageID, opts)
+	attrs := []any{"image_id", imageID, "outcome", res.Outcome, "duration", time.Since(start).Round(time.Millisecond)}
+	if res.Reason != "" {
+		attrs = append(attrs, "reason", res.Reason)
+	}
+	if res.Mode != "" {
+		attrs = append(attrs, "mode", res.Mode, "bytes_read", res.BytesRead)
+	}
+	if err != nil {
+		opts.Logger.Warn("job failed", append(attrs, "error", err)...)
+	} else {
+		opts.Logger.Info("job done", attrs...)
+	}
+	return res, err
+}
+
+func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions) (Result, error) {
+	res := Result{ImageID: id}
+	skip := func(reason string) (Result, error) {
+		res.Outcome, res.Reason = OutcomeSkipped, reason
+		return res, nil
+	}
+	img, err := c.WaitActive(ctx, id, opts.Wait)
+	switch {
+	case errors.Is(err, glanceclient.ErrNotFound):
+		return skip("image is gone")
+	case errors.Is(err, glanceclient.ErrNotActive) && img != nil && img.Status != "active":
+		return skip("image is " + img.Status)
+	case err != nil:
+		return res, err
+	}
+	if reason := skipReason(img, opts); reason != "" {
+		return skip(reason)
+	}
+
+	rep, mode, n, err := inspectImage(ctx, c, img, opts)
+	res.Report, res.Mode, res.BytesRead = rep, mode, n
+	if err != nil {
+		return res, err
+	}
+	now := opts.Now()
+	set, remove := Properties(rep, img.Properties, now, opts.Properties)
+	set[opts.Properties.prefix()+hashKey] = dataHash(img)
+	remove = slices.DeleteFunc(remove, func(k string) bool { _, ok := set[k]; return ok })
+	if _, err := c.PatchProperties(ctx, id, set, remove); err != nil {
+		return res, fmt.Errorf("writing findings: %w", err)
+	}
+	res.Outcome = Outcome(set[opts.Properties.prefix()+"status"])
+	if res.Outcome == OutcomeUnsafe && opts.DeactivateUnsafe {
+		if err := c.Deactivate(ctx, id); err != nil {
+			return res, fmt.Errorf("deactivating the unsafe image: %w", err)
+		}
+		res.Deactivated = true
+	}
+	return res, nil
+}
+
+// skipReason says why the job leaves an active image alone, or "".
+func skipReason(img *glanceclient.Image, opts JobOptions) string {
+	p := opts.Properties.prefix()
+	switch {
+	case img.ContainerFormat != "bare":
+		return "container format " + img.ContainerFormat + " is not bare"
+	case len(opts.Owners) > 0 && !slices.Contains(opts.Owners, img.Owner):
+		return "owner " + img.Owner + " is filtered out"
+	case len(opts.Visibilities) > 0 && !slices.Contains(opts.Visibilities, img.Visibility):
+		return "visibility " + img.Visibility + " is filtered out"
+	case len(opts.DiskFormats) > 0 && !slices.Contains(opts.DiskFormats, img.DiskFormat):
+		return "disk format " + img.DiskFormat + " is filtered out"
+	case img.Size == nil:
+		return "image has no data"
+	}
+	if opts.Force {
+		return ""
+	}
+	switch Outcome(img.Properties[p+"status"]) {
+	case OutcomeInspected, OutcomeUnsafe:
+		if img.Properties[p+hashKey] == dataHash(img) && img.Properties[p+"version"] == opts.Properties.Version {
+			return "outcome is current"
+		}
+	}
+	return ""
+}
+
+// dataHash names the image data an outcome is about: the multihash, else the MD5.
+func dataHash(img *glanceclient.Image) string {
+	if img.HashValue != "" {
+		return img.HashAlgo + ":" + img.HashValue
+	}
+	return "md5:" + img.Checksum
+}
+
+// inspectImage inspects by ranges, falling back to one streaming pass (which also verifies the
+// checksum) when the store refuses ranges.
+func inspectImage(ctx context.Context, c *glanceclient.Client, img *glanceclient.Image, opts JobOptions) (*inspect.Report, string, int64, error) {
+	iopts := inspect.Options{}
+	if _, err := inspect.ParseDeclared(img.DiskFormat); err == nil {
+		iopts.Declared = img.DiskFormat
+	}
+	rr, err := c.OpenRange(ctx, img, opts.Range)
+	if err != nil {
+		return nil, "", 0, err
+	}
+	rep, err := inspect.InspectAt(ctx, rr, rr.Size(), iopts)
+	_, fetched := rr.Stats()
+	switch {
+	case err == nil && !opts.VerifyChecksum:
+		return rep, "range", fetched, nil
+	case err == nil:
+		res, err := c.Download(ctx, img, io.Discard)
+		if err != nil {
+			return nil, "range", fetched + res.Bytes, fmt.Errorf("verifying the checksum: %w", err)
+		}
+		return rep, "range", fetched + res.Bytes, nil
+	case !errors.Is(err, glanceclient.ErrRangeUnsupported):
+		return nil, "range", fetched, fmt.Errorf("inspecting by ranges: %w", err)
+	}
+	s, err := inspect.NewStream(iopts)
+	if err != nil {
+		return nil, "stream", 0, err
+	}
+	res, err := c.Download(ctx, img, s)
+	if err != nil {
+		return nil, "stream", res.Bytes, fmt.Errorf("inspecting by streaming: %w", err)
+	}
+	rep, err = s.Close()
+	return rep, "stream", res.Bytes, err
+}
+
+// RecordFailure writes the failed outcome on an image, for a job given up on.
+func RecordFailure(ctx context.Context, c *glanceclient.Client, imageID string, cause error, opts JobOptions) error {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	img, err := c.Get(ctx, imageID)
+	if err != nil {
+		return err
+	}
+	set, remove := FailedProperties(cause.Error(), img.Properties, opts.Now(), opts.Properties)
+	_, err = c.PatchProperties(ctx, imageID, set, remove)
+	return err
+}
