@@ -28,6 +28,7 @@ type rbdLikeGlance struct {
 	data  []byte
 	full  int // full downloads served
 	patch []map[string]any
+	hold  chan struct{} // when set, full downloads wait for it (or for the client to leave)
 }
 
 func newRBDLikeGlance(t *testing.T, data []byte, diskFormat string) *rbdLikeGlance {
@@ -75,6 +76,14 @@ func (g *rbdLikeGlance) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		g.full++
+		if hold := g.hold; hold != nil {
+			g.mu.Unlock()
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+			}
+			g.mu.Lock()
+		}
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Write(g.data)
 	default:
