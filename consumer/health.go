@@ -26,7 +26,7 @@ const (
 
 // NewServer returns the sidecar's HTTP server, listening on addr once started, with
 //
-//	POST /v1/events  hook (other methods are answered 405 by hook)
+//	POST /v1/events  hook, when not nil (other methods are answered 405 by hook)
 //	GET  /healthz    200 "ok" while the process runs
 //	GET  /readyz     200 "ok" when ready returns nil (or ready is nil), else 503 with its error
 //	GET  /metrics    the metrics gathered from reg in the Prometheus text format (not served
@@ -35,10 +35,14 @@ const (
 // and the Server* timeouts and limits. Anyone who can reach /readyz reads ready's error, so
 // it must not hold credentials (such as a broker URL with a password). The server's own
 // errors (such as TLS handshake or malformed-request errors) are logged at level Warn to
-// hook's Logger. hook must not be nil.
+// hook's Logger. A nil hook serves health and metrics only.
 func NewServer(addr string, hook *Webhook, ready func() error, reg prometheus.Gatherer) *http.Server {
 	mux := http.NewServeMux()
-	mux.Handle("/v1/events", hook)
+	logger := slog.Default()
+	if hook != nil {
+		logger = hook.opts.Logger
+		mux.Handle("/v1/events", hook)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeText(w, http.StatusOK, "ok")
 	})
@@ -62,7 +66,7 @@ func NewServer(addr string, hook *Webhook, ready func() error, reg prometheus.Ga
 		WriteTimeout:      ServerWriteTimeout,
 		IdleTimeout:       ServerIdleTimeout,
 		MaxHeaderBytes:    ServerMaxHeader,
-		ErrorLog:          slog.NewLogLogger(hook.opts.Logger.Handler(), slog.LevelWarn),
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 }
 

@@ -63,7 +63,9 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		// Errors are printed and turned into exit statuses by run, never by os.Exit in cli.
 		ExitErrHandler: func(*cli.Context, error) {},
 		Commands: []*cli.Command{
+			serveCommand(),
 			inspectCommand(),
+			configCommand(),
 			versionCommand(),
 		},
 	}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+// TestConfigSampleInSync keeps etc/glance-sidecar.conf.sample equal to `config sample`.
+func TestConfigSampleInSync(t *testing.T) {
+	var b bytes.Buffer
+	if err := writeSample(&b); err != nil {
+		t.Fatal(err)
+	}
+	file, err := os.ReadFile("../../etc/glance-sidecar.conf.sample")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.Bytes(), file) {
+		t.Fatal("etc/glance-sidecar.conf.sample is stale: go run ./cmd/glance-sidecar config sample > etc/glance-sidecar.conf.sample")
+	}
+	for _, o := range options {
+		if !strings.Contains(b.String(), "#"+o.key+" = ") {
+			t.Errorf("sample lacks %s", o.key)
+		}
+	}
+}
+
+// loadWith runs loadConfig in an app with the serve flags and returns the context's values.
+func loadWith(t *testing.T, env map[string]string, args ...string) (*cli.Context, error) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	var got *cli.Context
+	var loadErr error
+	app := &cli.App{Flags: flags(), Action: func(c *cli.Context) error {
+		got, loadErr = c, loadConfig(c)
+		return nil
+	}}
+	if err := app.Run(append([]string{"x"}, args...)); err != nil {
+		t.Fatal(err)
+	}
+	return got, loadErr
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "url")
+	if err := os.WriteFile(secret, []byte("rabbit://u:p@h/\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "c.conf")
+	if err := os.WriteFile(conf, []byte("[DEFAULT]\nmax_workers = 7\nlog_level = debug\n[amqp]\nprefetch = 3\nretry_delay = 2s\ntransport_url_file = "+secret+
+		"\n[inspect]\ndisk_formats = raw,qcow2\n[webhook]\nlisten = 127.0.0.1:1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := loadWith(t, map[string]string{"GLANCE_SIDECAR_AMQP_PREFETCH": "5"}, "--config-file", conf, "--log-level", "warn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string]any{
+		"max-workers": 7, "log-level": "warn", "amqp-prefetch": 5, "amqp-retry-delay": 2 * time.Second,
+		"amqp-transport-url": "rabbit://u:p@h/", "webhook-listen": "127.0.0.1:1", "amqp-queue": "glance-sidecar",
+	}
+	for flag, want := range checks {
+		var got any
+		switch want.(type) {
+		case int:
+			got = c.Int(flag)
+		case string:
+			got = c.String(flag)
+		case time.Duration:
+			got = c.Duration(flag)
+		}
+		if got != want {
+			t.Errorf("%s = %v, want %v", flag, got, want)
+		}
+	}
+	if f := c.StringSlice("inspect-disk-formats"); strings.Join(f, ",") != "raw,qcow2" {
+		t.Errorf("disk formats %v", f)
+	}
+}
+
+func TestConfigReportsEveryError(t *testing.T) {
+	conf := filepath.Join(t.TempDir(), "c.conf")
+	if err := os.WriteFile(conf, []byte("[DEFAULT]\nmax_workers = many\nfrobnicate = 1\n[amqp]\nprefetch = x\ntransport_url_file = /nonexistent\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadWith(t, nil, "--config-file", conf)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"max_workers", "frobnicate", "prefetch", "transport_url_file"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/urfave/cli/v2"
+
+	"github.com/glance-sidecar/glance-sidecar/consumer"
+	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+	"github.com/glance-sidecar/glance-sidecar/worker"
+)
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:   "serve",
+		Usage:  "consume Glance's notifications (RabbitMQ and webhook) and introspect every new image",
+		Flags:  flags(),
+		Action: runServe,
+	}
+}
+
+func runServe(c *cli.Context) error {
+	if err := loadConfig(c); err != nil {
+		return cli.Exit(fmt.Sprintf("configuration: %v", err), exitUsage)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return cli.Exit(fmt.Sprintf("configuration: log_level: %v", err), exitUsage)
+	}
+	log := slog.New(slog.NewJSONHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
+	ctx := c.Context
+
+	gc, err := glanceclient.New(ctx, glanceclient.Options{
+		Cloud: c.String("glance-cloud"), CloudsFile: c.String("glance-clouds-file"),
+		AuthURL: c.String("glance-auth-url"), Username: c.String("glance-username"), Password: c.String("glance-password"),
+		UserDomainName: c.String("glance-user-domain-name"), ProjectName: c.String("glance-project-name"),
+		ProjectDomainName:       c.String("glance-project-domain-name"),
+		ApplicationCredentialID: c.String("glance-application-credential-id"), ApplicationCredentialSecret: c.String("glance-application-credential-secret"),
+		Region: c.String("glance-region"), Interface: c.String("glance-interface"), CAFile: c.String("glance-ca-file"),
+		UserAgent: "glance-sidecar/" + buildVersion(), Logger: log,
+	})
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("glance: %v", err), exitUsage)
+	}
+	pool := worker.NewPool(gc, c.Int("max-workers"), worker.JobOptions{
+		Properties:       worker.PropertyOptions{Prefix: c.String("property-prefix"), Overwrite: c.Bool("overwrite"), Version: buildVersion()},
+		Wait:             glanceclient.WaitOptions{Timeout: c.Duration("glance-wait-timeout")},
+		VerifyChecksum:   c.Bool("verify-checksum"),
+		DeactivateUnsafe: c.Bool("deactivate-unsafe"),
+		Owners:           c.StringSlice("inspect-owners"),
+		Visibilities:     c.StringSlice("inspect-visibilities"),
+		DiskFormats:      c.StringSlice("inspect-disk-formats"),
+		Logger:           log,
+	})
+	maxAttempts := c.Int("amqp-max-attempts")
+	handle := func(ctx context.Context, ev consumer.Event) error {
+		_, err := pool.Process(ctx, ev.ImageID, ev.Type)
+		switch {
+		case err == nil, errors.Is(err, worker.ErrCancelled):
+			return nil
+		case ev.Attempt >= maxAttempts && ctx.Err() == nil:
+			// Out of attempts: record the failure on the image, so the event has an outcome.
+			if rerr := pool.RecordFailure(ctx, ev.ImageID, err); rerr != nil {
+				return fmt.Errorf("%w (and recording the failure: %v)", err, rerr)
+			}
+			return nil
+		}
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	var (
+		wg     sync.WaitGroup
+		jobs   sync.WaitGroup // webhook events in flight
+		source *consumer.AMQPSource
+		errs   = make(chan error, 2)
+	)
+	jobsCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelJobs()
+	if url := c.String("amqp-transport-url"); url != "" {
+		source, err = consumer.NewAMQPSource(consumer.AMQPOptions{
+			TransportURL: url, Exchange: c.String("amqp-exchange"), ExchangeDurable: c.Bool("amqp-exchange-durable"),
+			Queue: c.String("amqp-queue"), QuorumQueues: c.Bool("amqp-quorum-queues"), RoutingKeys: c.StringSlice("amqp-routing-keys"),
+			Prefetch: c.Int("amqp-prefetch"), MaxAttempts: maxAttempts, RetryDelay: c.Duration("amqp-retry-delay"),
+			ShutdownTimeout: c.Duration("shutdown-timeout"), CAFile: c.String("amqp-ssl-ca-file"), Logger: log,
+		}, consumer.HandlerFunc(handle))
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("amqp: %v", err), exitUsage)
+		}
+		wg.Go(func() { errs <- source.Run(ctx) })
+	}
+
+	var srv *http.Server
+	if addr := c.String("webhook-listen"); addr != "" {
+		// Webhook events are answered 202 at once and handled in the background: a job can
+		// take longer than an HTTP request should.
+		async := consumer.HandlerFunc(func(_ context.Context, ev consumer.Event) error {
+			jobs.Go(func() {
+				if err := handle(jobsCtx, ev); err != nil {
+					log.Warn("webhook event failed", "image_id", ev.ImageID, "error", err)
+				}
+			})
+			return nil
+		})
+		ready := func() error {
+			if source != nil {
+				return source.Ready()
+			}
+			return nil
+		}
+		var hook *consumer.Webhook
+		if secret := c.String("webhook-secret-file"); secret != "" {
+			hook, err = consumer.NewWebhook(consumer.WebhookOptions{SecretFile: secret, Window: c.Duration("webhook-window"), Logger: log, Registerer: reg}, async)
+			if err != nil {
+				return cli.Exit(fmt.Sprintf("webhook: %v", err), exitUsage)
+			}
+		}
+		srv = consumer.NewServer(addr, hook, ready, reg)
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("webhook: %v", err), exitUsage)
+		}
+		log.Info("serving HTTP", "addr", ln.Addr().String(), "webhook", hook != nil)
+		wg.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errs <- err
+			}
+		})
+	}
+	if source == nil && srv == nil {
+		return cli.Exit("nothing to serve: set [amqp] transport_url or [webhook] listen", exitUsage)
+	}
+	log.Info("glance-sidecar serving", "version", buildVersion(), "pid", os.Getpid())
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errs:
+	}
+	log.Info("shutting down")
+	if srv != nil {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = srv.Shutdown(sctx)
+		cancel()
+	}
+	wg.Wait()
+	done := make(chan struct{})
+	go func() { jobs.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(c.Duration("shutdown-timeout")):
+		log.Warn("webhook jobs still running at shutdown; cancelling them")
+		cancelJobs()
+		<-done
+	}
+	if runErr != nil {
+		return cli.Exit(runErr.Error(), 1)
+	}
+	return nil
+}

@@ -1,0 +1,208 @@
+//go:build integration
+
+package main
+
+// End-to-end tests of serve against the project's test cloud (test/cloud/up.sh): the real
+// Glance notifies the real RabbitMQ, and serve writes the findings back to the real image.
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/glance-sidecar/glance-sidecar/consumer"
+	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+)
+
+func cloudEnv(t *testing.T) map[string]string {
+	t.Helper()
+	dir := os.Getenv("GSC_CLOUD_DIR")
+	if dir == "" {
+		dir = "/tmp/glance-sidecar-cloud"
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "env"))
+	if err != nil {
+		t.Fatalf("test cloud env (test/cloud/up.sh): %v", err)
+	}
+	env := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startServe runs serve in-process with args until the test ends, and waits for /readyz.
+func startServe(t *testing.T, addr string, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	var stderr bytes.Buffer
+	go func() { done <- run(ctx, append([]string{"glance-sidecar", "serve"}, args...), io.Discard, &stderr) }()
+	t.Cleanup(func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("serve exited %d:\n%s", code, stderr.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve not ready: %v\n%s", err, stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func uploadQCOW2(t *testing.T, c *glanceclient.Client, args ...string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "i.qcow2")
+	if out, err := exec.Command("qemu-img", append(append([]string{"create", "-q", "-f", "qcow2"}, args...), path, "1G")...).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v %s", err, out)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, _ := f.Stat()
+	img, err := c.Create(t.Context(), glanceclient.CreateOptions{Name: t.Name(), DiskFormat: "qcow2", ContainerFormat: "bare"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Delete(context.Background(), img.ID) })
+	if err := c.Upload(t.Context(), img.ID, f, st.Size()); err != nil {
+		t.Fatal(err)
+	}
+	return img.ID
+}
+
+func waitStatus(t *testing.T, c *glanceclient.Client, id, want string) *glanceclient.Image {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		img, err := c.Get(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img.Properties["sidecar_status"] == want {
+			return img
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("image %s: sidecar_status %q, want %q; properties %v", id, img.Properties["sidecar_status"], want, img.Properties)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestIntegrationServe(t *testing.T) {
+	env := cloudEnv(t)
+	c, err := glanceclient.New(t.Context(), glanceclient.Options{Cloud: "sidecar", CloudsFile: env["GSC_CLOUDS_YAML"], Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	glance := []string{"--glance-cloud", "sidecar", "--glance-clouds-file", env["GSC_CLOUDS_YAML"], "--log-level", "warn"}
+
+	t.Run("from RabbitMQ", func(t *testing.T) {
+		b := make([]byte, 4)
+		_, _ = rand.Read(b)
+		queue := fmt.Sprintf("gsc-serve-%x", b)
+		t.Cleanup(func() { deleteQueues(env["GSC_AMQP_URL"], queue) })
+		addr := freeAddr(t)
+		startServe(t, addr, append(glance, "--amqp-transport-url", env["GSC_TRANSPORT_URL"], "--amqp-queue", queue, "--webhook-listen", addr)...)
+		base := filepath.Join(t.TempDir(), "base.raw")
+		if err := os.WriteFile(base, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		clean := uploadQCOW2(t, c)
+		backed := uploadQCOW2(t, c, "-b", base, "-F", "raw")
+		img := waitStatus(t, c, clean, "inspected")
+		if img.Properties["sidecar_format"] != "qcow2" || img.Properties["sidecar_virtual_size"] != "1073741824" {
+			t.Errorf("clean image: %v", img.Properties)
+		}
+		img = waitStatus(t, c, backed, "unsafe")
+		if img.Properties["sidecar_problems"] != "backing_file" {
+			t.Errorf("backed image: %v", img.Properties)
+		}
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("/metrics answered %d", resp.StatusCode)
+		}
+	})
+
+	t.Run("from the webhook", func(t *testing.T) {
+		secret := filepath.Join(t.TempDir(), "secret")
+		if err := os.WriteFile(secret, []byte("a-webhook-secret-of-some-length\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		addr := freeAddr(t)
+		startServe(t, addr, append(glance, "--webhook-listen", addr, "--webhook-secret-file", secret)...)
+		id := uploadQCOW2(t, c)
+		body := []byte(fmt.Sprintf(`{"image_id":%q,"event_type":"image.upload"}`, id))
+		ts := strconv.FormatInt(time.Now().Unix(), 10)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/v1/events", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(consumer.TimestampHeader, ts)
+		req.Header.Set(consumer.SignatureHeader, consumer.SignWebhook([]byte("a-webhook-secret-of-some-length"), ts, body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			t.Fatalf("webhook answered %d", resp.StatusCode)
+		}
+		waitStatus(t, c, id, "inspected")
+	})
+}
+
+func deleteQueues(url, queue string) {
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	for _, q := range []string{queue, queue + ".retry", queue + ".dead"} {
+		_, _ = ch.QueueDelete(q, false, false, false)
+	}
+}
