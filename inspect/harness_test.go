@@ -306,3 +306,30 @@ func testFixtures(t *testing.T, fixtures []fixture) {
 		})
 	}
 }
+
+// hostileCase is a hand-built image and what inspecting it must say.
+type hostileCase struct {
+	name  string
+	img   []byte
+	want  inspect.Format
+	vsize int64 // the virtual size it must report
+	codes []inspect.Code
+}
+
+// testHostile inspects each case every way (inspectBytes) and checks format, problem codes and
+// virtual size.
+func testHostile(t *testing.T, tests []hostileCase) {
+	t.Helper()
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := inspectBytes(t, tt.img, inspect.Options{})
+			if r.Format != tt.want {
+				t.Fatalf("format %q, want %q (problems %v)", r.Format, tt.want, r.Problems)
+			}
+			wantCodes(t, r, tt.codes...)
+			if r.VirtualSize != tt.vsize {
+				t.Errorf("virtual size %d, want %d", r.VirtualSize, tt.vsize)
+			}
+		})
+	}
+}

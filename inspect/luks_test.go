@@ -151,13 +151,7 @@ func TestLUKSHostile(t *testing.T) {
 	slot := func(i, field int) int { return 208 + 48*i + field }
 	good := luksHeader()
 	const vsize = 1 << 20
-	tests := []struct {
-		name  string
-		img   []byte
-		want  inspect.Format
-		vsize int64
-		codes []inspect.Code
-	}{
+	tests := []hostileCase{
 		{"valid", good, inspect.LUKS, vsize, nil},
 		{"aes-128 cbc essiv sha256", patch(patch(good, 108, u32(16)), 40, str("cbc-essiv:sha256")), inspect.LUKS, vsize, nil},
 		{"no active slot", patch(good, 208, u32(0xdead)), inspect.LUKS, vsize, nil},
@@ -193,16 +187,5 @@ func TestLUKSHostile(t *testing.T) {
 		{"magic and half a version", good[:7], inspect.LUKS, -1, []inspect.Code{inspect.CodeTruncated}},
 		{"five bytes of magic", good[:5], inspect.Raw, 5, nil},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := inspectBytes(t, tt.img, inspect.Options{})
-			if r.Format != tt.want {
-				t.Fatalf("format %q, want %q (problems %v)", r.Format, tt.want, r.Problems)
-			}
-			wantCodes(t, r, tt.codes...)
-			if r.VirtualSize != tt.vsize {
-				t.Errorf("virtual size %d, want %d", r.VirtualSize, tt.vsize)
-			}
-		})
-	}
+	testHostile(t, tests)
 }

@@ -105,13 +105,7 @@ func TestPloopHostile(t *testing.T) {
 	withExt := patch(patch(patch(good, 56, u64(4096)), 4096*512, extMagic), 4096*512+1<<20-1, []byte{0})
 	bigTable := patch(good, 32, u32(1000)) // the table ends at 4064
 	const vsize = 8 << 20
-	tests := []struct {
-		name  string
-		img   []byte
-		want  inspect.Format
-		vsize int64
-		codes []inspect.Code
-	}{
+	tests := []hostileCase{
 		{"valid", good, inspect.Ploop, vsize, nil},
 		{"old signature", patch(good, 0, []byte("WithoutFreeSpace")), inspect.Ploop, vsize, nil},
 		{"old signature ignores high sectors", patch(patch(good, 0, []byte("WithoutFreeSpace")), 40, u32(7)), inspect.Ploop, vsize, nil},
@@ -139,18 +133,7 @@ func TestPloopHostile(t *testing.T) {
 		{"fifteen bytes of signature", good[:15], inspect.Raw, 15, nil},
 		{"other signature", patch(good, 0, []byte("WithoutFreeSpacX")), inspect.Raw, int64(len(good)), nil},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := inspectBytes(t, tt.img, inspect.Options{})
-			if r.Format != tt.want {
-				t.Fatalf("format %q, want %q (problems %v)", r.Format, tt.want, r.Problems)
-			}
-			wantCodes(t, r, tt.codes...)
-			if r.VirtualSize != tt.vsize {
-				t.Errorf("virtual size %d, want %d", r.VirtualSize, tt.vsize)
-			}
-		})
-	}
+	testHostile(t, tests)
 	t.Run("details", func(t *testing.T) {
 		d := ploopDetails(t, inspectBytes(t, patch(withExt, 44, u32(0x746f6e59)), inspect.Options{}))
 		if d.Signature != "WithouFreSpacExt" || d.Version != 2 || d.ClusterSize != 1<<20 || d.BATEntries != 8 ||

@@ -102,13 +102,7 @@ func TestQEDHostile(t *testing.T) {
 	}
 	bigHeader := patch(good, 12, u32(16)) // a 1 MiB header area: the L1 table now overlaps it
 	const vsize = 1 << 30
-	tests := []struct {
-		name  string
-		img   []byte
-		want  inspect.Format
-		vsize int64
-		codes []inspect.Code
-	}{
+	tests := []hostileCase{
 		{"valid", good, inspect.QED, vsize, nil},
 		{"needs check", patch(good, 16, u64(2)), inspect.QED, vsize, nil},
 		{"compat and autoclear bits", patch(patch(good, 24, u64(0xff)), 32, u64(1<<63)), inspect.QED, vsize, nil},
@@ -149,18 +143,7 @@ func TestQEDHostile(t *testing.T) {
 		{"magic only", good[:4], inspect.QED, -1, []inspect.Code{inspect.CodeTruncated}},
 		{"three bytes of magic", good[:3], inspect.Raw, 3, nil},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := inspectBytes(t, tt.img, inspect.Options{})
-			if r.Format != tt.want {
-				t.Fatalf("format %q, want %q (problems %v)", r.Format, tt.want, r.Problems)
-			}
-			wantCodes(t, r, tt.codes...)
-			if r.VirtualSize != tt.vsize {
-				t.Errorf("virtual size %d, want %d", r.VirtualSize, tt.vsize)
-			}
-		})
-	}
+	testHostile(t, tests)
 	t.Run("details", func(t *testing.T) {
 		r := inspectBytes(t, patch(withName(good, 64, 11, "/etc/passwd"), 16, u64(7)), inspect.Options{})
 		d := qedDetails(t, r)

@@ -97,13 +97,7 @@ func TestVDIHostile(t *testing.T) {
 	u64 := func(v uint64) []byte { return le.AppendUint64(nil, v) }
 	good := vdiHeader()
 	oneBlock := patch(patch(good, 0x184, u32(1)), 1024+1<<20-1, []byte{0})
-	tests := []struct {
-		name  string
-		img   []byte
-		want  inspect.Format
-		vsize int64
-		codes []inspect.Code
-	}{
+	tests := []hostileCase{
 		{"valid", good, inspect.VDI, 8 << 20, nil},
 		{"one block allocated", oneBlock, inspect.VDI, 8 << 20, nil},
 		{"odd disk size rounds up", patch(good, 0x170, u64(8<<20-511)), inspect.VDI, 8 << 20, nil},
@@ -135,18 +129,7 @@ func TestVDIHostile(t *testing.T) {
 		{"signature only", good[:0x44], inspect.VDI, -1, []inspect.Code{inspect.CodeTruncated}},
 		{"three bytes of signature", good[:0x43], inspect.Raw, 0x43, nil},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			r := inspectBytes(t, tt.img, inspect.Options{})
-			if r.Format != tt.want {
-				t.Fatalf("format %q, want %q (problems %v)", r.Format, tt.want, r.Problems)
-			}
-			wantCodes(t, r, tt.codes...)
-			if r.VirtualSize != tt.vsize {
-				t.Errorf("virtual size %d, want %d", r.VirtualSize, tt.vsize)
-			}
-		})
-	}
+	testHostile(t, tests)
 }
 
 // TestMiscBytesRead checks how much the random-access path reads of images of every format
