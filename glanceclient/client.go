@@ -26,6 +26,8 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/config"
 	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Options say how to reach and authenticate to Glance. Credentials come from the first source
@@ -67,6 +69,9 @@ type Options struct {
 	UserAgent string
 	// Logger receives retries and re-authentications (default slog.Default()).
 	Logger *slog.Logger
+	// Registerer, when set, gets glance_sidecar_glance_requests_total{method,code}: every
+	// HTTP request the client makes (Keystone's included).
+	Registerer prometheus.Registerer
 }
 
 // Validate fills in defaults and checks the options.
@@ -143,7 +148,18 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 		MaxIdleConnsPerHost:   16,
 		IdleConnTimeout:       90 * time.Second,
 	}
-	pc, err := config.NewProviderClient(ctx, ao, config.WithHTTPClient(http.Client{Transport: transport}))
+	var rt http.RoundTripper = transport
+	if opts.Registerer != nil {
+		requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "glance_sidecar_glance_requests_total",
+			Help: "HTTP requests to Glance and Keystone by method and status code.",
+		}, []string{"method", "code"})
+		if err := opts.Registerer.Register(requests); err != nil {
+			return nil, fmt.Errorf("registering metrics: %w", err)
+		}
+		rt = promhttp.InstrumentRoundTripperCounter(requests, transport)
+	}
+	pc, err := config.NewProviderClient(ctx, ao, config.WithHTTPClient(http.Client{Transport: rt}))
 	if err != nil {
 		return nil, fmt.Errorf("authenticating to %s: %w", ao.IdentityEndpoint, err)
 	}

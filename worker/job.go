@@ -38,6 +38,8 @@ type JobOptions struct {
 	Now func() time.Time
 	// Logger gets one line per job (default slog.Default()).
 	Logger *slog.Logger
+	// Metrics records jobs, stage durations and bytes read (nil: none).
+	Metrics *Metrics
 }
 
 // Result is what one job did.
@@ -73,6 +75,7 @@ func Job(ctx context.Context, c *glanceclient.Client, imageID string, opts JobOp
 	}
 	start := opts.Now()
 	res, err := job(ctx, c, imageID, opts)
+	opts.Metrics.done(res, err)
 	attrs := []any{"image_id", imageID, "outcome", res.Outcome, "duration", time.Since(start).Round(time.Millisecond)}
 	if res.Reason != "" {
 		attrs = append(attrs, "reason", res.Reason)
@@ -94,7 +97,9 @@ func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions
 		res.Outcome, res.Reason = OutcomeSkipped, reason
 		return res, nil
 	}
+	t := time.Now()
 	img, err := c.WaitActive(ctx, id, opts.Wait)
+	opts.Metrics.stage("wait", t)
 	switch {
 	case errors.Is(err, glanceclient.ErrNotFound):
 		return skip("image is gone")
@@ -107,7 +112,9 @@ func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions
 		return skip(reason)
 	}
 
+	t = time.Now()
 	rep, mode, n, err := inspectImage(ctx, c, img, opts)
+	opts.Metrics.stage("inspect", t)
 	res.Report, res.Mode, res.BytesRead = rep, mode, n
 	if err != nil {
 		return res, err
@@ -116,7 +123,10 @@ func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions
 	set, remove := Properties(rep, img.Properties, now, opts.Properties)
 	set[opts.Properties.prefix()+hashKey] = dataHash(img)
 	remove = slices.DeleteFunc(remove, func(k string) bool { _, ok := set[k]; return ok })
-	if _, err := c.PatchProperties(ctx, id, set, remove); err != nil {
+	t = time.Now()
+	_, err = c.PatchProperties(ctx, id, set, remove)
+	opts.Metrics.stage("write", t)
+	if err != nil {
 		return res, fmt.Errorf("writing findings: %w", err)
 	}
 	res.Outcome = Outcome(set[opts.Properties.prefix()+"status"])

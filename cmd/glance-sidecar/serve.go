@@ -40,6 +40,17 @@ func runServe(c *cli.Context) error {
 	log := slog.New(slog.NewJSONHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
 	ctx := c.Context
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	jobMetrics, err := worker.NewMetrics(reg)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("metrics: %v", err), 1)
+	}
+	events := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "glance_sidecar_events_total", Help: "Events handled, by source (amqp, webhook), type and result (done, retry, failed).",
+	}, []string{"source", "type", "result"})
+	reg.MustRegister(events)
+
 	gc, err := glanceclient.New(ctx, glanceclient.Options{
 		Cloud: c.String("glance-cloud"), CloudsFile: c.String("glance-clouds-file"),
 		AuthURL: c.String("glance-auth-url"), Username: c.String("glance-username"), Password: c.String("glance-password"),
@@ -47,7 +58,7 @@ func runServe(c *cli.Context) error {
 		ProjectDomainName:       c.String("glance-project-domain-name"),
 		ApplicationCredentialID: c.String("glance-application-credential-id"), ApplicationCredentialSecret: c.String("glance-application-credential-secret"),
 		Region: c.String("glance-region"), Interface: c.String("glance-interface"), CAFile: c.String("glance-ca-file"),
-		UserAgent: "glance-sidecar/" + buildVersion(), Logger: log,
+		UserAgent: "glance-sidecar/" + buildVersion(), Logger: log, Registerer: reg,
 	})
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("glance: %v", err), exitUsage)
@@ -61,25 +72,29 @@ func runServe(c *cli.Context) error {
 		Visibilities:     c.StringSlice("inspect-visibilities"),
 		DiskFormats:      c.StringSlice("inspect-disk-formats"),
 		Logger:           log,
+		Metrics:          jobMetrics,
 	})
 	maxAttempts := c.Int("amqp-max-attempts")
 	handle := func(ctx context.Context, ev consumer.Event) error {
 		_, err := pool.Process(ctx, ev.ImageID, ev.Type)
+		result := "done"
 		switch {
 		case err == nil, errors.Is(err, worker.ErrCancelled):
-			return nil
+			err = nil
 		case ev.Attempt >= maxAttempts && ctx.Err() == nil:
 			// Out of attempts: record the failure on the image, so the event has an outcome.
+			result = "failed"
 			if rerr := pool.RecordFailure(ctx, ev.ImageID, err); rerr != nil {
-				return fmt.Errorf("%w (and recording the failure: %v)", err, rerr)
+				err = fmt.Errorf("%w (and recording the failure: %v)", err, rerr)
+			} else {
+				err = nil
 			}
-			return nil
+		default:
+			result = "retry"
 		}
+		events.WithLabelValues(ev.Source, ev.Type, result).Inc()
 		return err
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var (
 		wg     sync.WaitGroup
@@ -99,6 +114,14 @@ func runServe(c *cli.Context) error {
 		if err != nil {
 			return cli.Exit(fmt.Sprintf("amqp: %v", err), exitUsage)
 		}
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "glance_sidecar_broker_connected", Help: "1 while the RabbitMQ source is consuming.",
+		}, func() float64 {
+			if source.Ready() == nil {
+				return 1
+			}
+			return 0
+		}))
 		wg.Go(func() { errs <- source.Run(ctx) })
 	}
 

@@ -156,13 +156,30 @@ func TestIntegrationServe(t *testing.T) {
 		if img.Properties["sidecar_problems"] != "backing_file" {
 			t.Errorf("backed image: %v", img.Properties)
 		}
-		resp, err := http.Get("http://" + addr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
+		// A job counts itself after reading its PATCH back, a moment after the properties show.
+		var metrics []byte
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			resp, err := http.Get("http://" + addr + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			metrics, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(metrics), `glance_sidecar_jobs_total{outcome="inspected"} 1`) &&
+				strings.Contains(string(metrics), `glance_sidecar_jobs_total{outcome="unsafe"} 1`) || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Errorf("/metrics answered %d", resp.StatusCode)
+		for _, want := range []string{
+			`glance_sidecar_jobs_total{outcome="inspected"} 1`, `glance_sidecar_jobs_total{outcome="unsafe"} 1`,
+			`glance_sidecar_broker_connected 1`, `glance_sidecar_events_total{result="done",source="amqp",type="image.upload"}`,
+			`glance_sidecar_image_bytes_read_total{mode="range"}`, `glance_sidecar_job_stage_seconds_count{stage="inspect"}`,
+			`glance_sidecar_glance_requests_total{code="200",method="get"}`,
+		} {
+			if !strings.Contains(string(metrics), want) {
+				t.Errorf("/metrics lacks %s", want)
+			}
 		}
 	})
 

@@ -245,7 +245,7 @@ log_file = $LOGS/keystone.log
 use_stderr = false
 
 [database]
-connection = sqlite:///$STATE/keystone/keystone.db
+connection = sqlite:///$STATE/keystone/keystone.db?timeout=30
 
 [token]
 provider = fernet
@@ -308,7 +308,7 @@ node_staging_uri = file://$STATE/glance/staging
 transport_url = $TRANSPORT_URL
 
 [database]
-connection = sqlite:///$STATE/glance/glance.db
+connection = sqlite:///$STATE/glance/glance.db?timeout=30
 
 [glance_store]
 stores = file
