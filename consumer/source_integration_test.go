@@ -22,28 +22,13 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-)
 
-func rabbitDir() string {
-	if d := os.Getenv("GSC_RABBIT_DIR"); d != "" {
-		return d
-	}
-	return "/tmp/glance-sidecar-rabbitmq"
-}
+	"github.com/glance-sidecar/glance-sidecar/internal/testcloud"
+)
 
 func rabbitEnv(t testing.TB) map[string]string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(rabbitDir(), "env"))
-	if err != nil {
-		t.Fatalf("the test broker's env file (is it up? scripts/integration starts it): %v", err)
-	}
-	env := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
+	return testcloud.Env(t, testcloud.RabbitDir())
 }
 
 // testQueue is a fresh queue name; its three queues are deleted when the test ends.
@@ -445,7 +430,7 @@ func TestIntegrationBrokerRestart(t *testing.T) {
 func restartBroker(t testing.TB) {
 	t.Helper()
 	cmd := exec.Command("../test/cloud/rabbitmq.sh", "restart")
-	cmd.Env = append(os.Environ(), "GSC_CLOUD_DIR="+rabbitDir())
+	cmd.Env = append(os.Environ(), "GSC_CLOUD_DIR="+testcloud.RabbitDir())
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("restarting the broker: %v\n%s", err, out)
 	}

@@ -24,18 +24,12 @@ import (
 	"time"
 
 	"github.com/glance-sidecar/glance-sidecar/inspect"
+	"github.com/glance-sidecar/glance-sidecar/internal/testcloud"
 )
-
-func cloudDir() string {
-	if d := os.Getenv("GSC_CLOUD_DIR"); d != "" {
-		return d
-	}
-	return "/tmp/glance-sidecar-cloud"
-}
 
 func cloudClient(t *testing.T, cloud string) *Client {
 	t.Helper()
-	c, err := New(t.Context(), Options{Cloud: cloud, CloudsFile: filepath.Join(cloudDir(), "clouds.yaml"), Logger: slog.New(slog.DiscardHandler)})
+	c, err := New(t.Context(), Options{Cloud: cloud, CloudsFile: filepath.Join(testcloud.Dir(), "clouds.yaml"), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("client for cloud %q (is the test cloud up? test/cloud/up.sh): %v", cloud, err)
 	}
@@ -293,25 +287,9 @@ func TestIntegrationNonAdmin(t *testing.T) {
 	}
 }
 
-// cloudEnv reads the test cloud's env file (KEY=VALUE lines).
-func cloudEnv(t *testing.T) map[string]string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(cloudDir(), "env"))
-	if err != nil {
-		t.Fatalf("test cloud env file: %v", err)
-	}
-	env := map[string]string{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
-}
-
 // TestIntegrationAuthSources authenticates every way Options allow and lists images with each.
 func TestIntegrationAuthSources(t *testing.T) {
-	env := cloudEnv(t)
+	env := testcloud.Env(t, testcloud.Dir())
 	quiet := slog.New(slog.DiscardHandler)
 	check := func(t *testing.T, opts Options) {
 		t.Helper()

@@ -15,15 +15,12 @@ import (
 	"time"
 
 	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+	"github.com/glance-sidecar/glance-sidecar/internal/testcloud"
 )
 
 func cloudClient(t *testing.T) *glanceclient.Client {
 	t.Helper()
-	dir := os.Getenv("GSC_CLOUD_DIR")
-	if dir == "" {
-		dir = "/tmp/glance-sidecar-cloud"
-	}
-	c, err := glanceclient.New(t.Context(), glanceclient.Options{Cloud: "sidecar", CloudsFile: filepath.Join(dir, "clouds.yaml"), Logger: slog.New(slog.DiscardHandler)})
+	c, err := glanceclient.New(t.Context(), glanceclient.Options{Cloud: "sidecar", CloudsFile: filepath.Join(testcloud.Dir(), "clouds.yaml"), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("test cloud (test/cloud/up.sh): %v", err)
 	}

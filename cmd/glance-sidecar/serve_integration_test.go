@@ -26,26 +26,8 @@ import (
 
 	"github.com/glance-sidecar/glance-sidecar/consumer"
 	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+	"github.com/glance-sidecar/glance-sidecar/internal/testcloud"
 )
-
-func cloudEnv(t *testing.T) map[string]string {
-	t.Helper()
-	dir := os.Getenv("GSC_CLOUD_DIR")
-	if dir == "" {
-		dir = "/tmp/glance-sidecar-cloud"
-	}
-	b, err := os.ReadFile(filepath.Join(dir, "env"))
-	if err != nil {
-		t.Fatalf("test cloud env (test/cloud/up.sh): %v", err)
-	}
-	env := map[string]string{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, "="); ok {
-			env[k] = v
-		}
-	}
-	return env
-}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -128,7 +110,7 @@ func waitStatus(t *testing.T, c *glanceclient.Client, id, want string) *glancecl
 }
 
 func TestIntegrationServe(t *testing.T) {
-	env := cloudEnv(t)
+	env := testcloud.Env(t, testcloud.Dir())
 	c, err := glanceclient.New(t.Context(), glanceclient.Options{Cloud: "sidecar", CloudsFile: env["GSC_CLOUDS_YAML"], Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)

@@ -102,7 +102,7 @@ trap 'exit 143' TERM
 # stop_distro_service SERVICE PIDFILE: stops a distro service the install started anyway. Under
 # systemd, systemctl knows; without it, only the init script's own pid file counts (`service X
 # status` matches processes by name, which would take ours for the distro's, and for rabbitmq it
-# runs rabbitmqctl, which starts an epmd on 0.0.0.0:4369).
+# runs rabbitmqctl, which starts an epmd on every interface, port 4369).
 stop_distro_service() {
 	local svc=$1 pidfile=$2 pid
 	if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
