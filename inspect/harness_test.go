@@ -73,6 +73,20 @@ func qemuPatched(qfmt string, size int64, patches map[int][]byte) func(t testing
 	}
 }
 
+// qemuConvert writes data to a raw file and converts it with
+// `qemu-img convert -f raw -O qfmt [-o opts]`: a qemu image whose data is really allocated.
+func qemuConvert(t testing.TB, data []byte, qfmt, opts string) string {
+	t.Helper()
+	raw := writeFile(t, "data.raw", data)
+	out := filepath.Join(t.TempDir(), "img."+qfmt)
+	args := []string{"convert", "-q", "-f", "raw", "-O", qfmt}
+	if opts != "" {
+		args = append(args, "-o", opts)
+	}
+	run(t, "qemu-img", append(args, raw, out)...)
+	return out
+}
+
 // qemuInfo is the part of `qemu-img info --output=json` the tests compare with.
 type qemuInfo struct {
 	Format         string `json:"format"`
@@ -332,4 +346,13 @@ func testHostile(t *testing.T, tests []hostileCase) {
 			}
 		})
 	}
+}
+
+// patterned returns n bytes that are neither zero nor repeating at any cluster size.
+func patterned(n int) []byte {
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i*7 + i>>12)
+	}
+	return data
 }

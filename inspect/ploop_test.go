@@ -2,8 +2,6 @@ package inspect_test
 
 import (
 	"encoding/binary"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/glance-sidecar/glance-sidecar/inspect"
@@ -46,16 +44,9 @@ func TestPloopFixtures(t *testing.T) {
 		{name: "cluster 4M", qfmt: "parallels", opts: "cluster_size=4M", size: size, want: inspect.Ploop, check: layout(4<<20, 33)},
 		{name: "preallocated", qfmt: "parallels", opts: "preallocation=falloc", size: 5 << 20, want: inspect.Ploop, check: layout(1<<20, 5)},
 		{name: "written", qfmt: "parallels", build: func(t testing.TB) string {
-			dir := t.TempDir()
-			raw := filepath.Join(dir, "data.raw")
 			b := make([]byte, 5<<20)
 			copy(b[2<<20:], "data")
-			if err := os.WriteFile(raw, b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			p := filepath.Join(dir, "img.hds")
-			run(t, "qemu-img", "convert", "-f", "raw", "-O", "parallels", raw, p)
-			return p
+			return qemuConvert(t, b, "parallels", "")
 		}, want: inspect.Ploop, check: layout(1<<20, 5)},
 		// The old signature has 32-bit sizes: qemu ignores the high half of nb_sectors.
 		{name: "old signature", qfmt: "parallels", build: ploopPatched(7<<20, map[int][]byte{0: []byte("WithoutFreeSpace"), 40: le.AppendUint32(nil, 1)}),

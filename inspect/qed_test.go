@@ -2,7 +2,6 @@ package inspect_test
 
 import (
 	"encoding/binary"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -63,16 +62,9 @@ func TestQEDFixtures(t *testing.T) {
 				}
 			}},
 		{name: "written", qfmt: "qed", build: func(t testing.TB) string {
-			dir := t.TempDir()
-			raw := filepath.Join(dir, "data.raw")
 			b := make([]byte, 5<<20)
 			copy(b[3<<20:], "data")
-			if err := os.WriteFile(raw, b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			p := filepath.Join(dir, "img.qed")
-			run(t, "qemu-img", "convert", "-f", "raw", "-O", "qed", raw, p)
-			return p
+			return qemuConvert(t, b, "qed", "")
 		}, want: inspect.QED, check: layout(64<<10, 4)},
 	}
 	testFixtures(t, fixtures)

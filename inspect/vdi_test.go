@@ -2,8 +2,6 @@ package inspect_test
 
 import (
 	"encoding/binary"
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/glance-sidecar/glance-sidecar/inspect"
@@ -27,16 +25,9 @@ func TestVDIFixtures(t *testing.T) {
 	const size = 129<<20 + 512
 	le := binary.LittleEndian
 	withData := func(t testing.TB) string {
-		dir := t.TempDir()
-		raw := filepath.Join(dir, "data.raw")
 		b := make([]byte, 3<<20)
 		copy(b[1<<20:], "some data in the second block")
-		if err := os.WriteFile(raw, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dir, "img.vdi")
-		run(t, "qemu-img", "convert", "-f", "raw", "-O", "vdi", raw, p)
-		return p
+		return qemuConvert(t, b, "vdi", "")
 	}
 	wantDetails := func(typ string, blocks, allocated uint32) func(t testing.TB, r *inspect.Report) {
 		return func(t testing.TB, r *inspect.Report) {

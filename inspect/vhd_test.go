@@ -29,18 +29,7 @@ func TestVHDFixtures(t *testing.T) {
 	}
 	converted := func(subformat string) func(t testing.TB) string {
 		return func(t testing.TB) string {
-			dir := t.TempDir()
-			raw := filepath.Join(dir, "data.raw")
-			data := make([]byte, 9<<20)
-			for i := range data {
-				data[i] = byte(i*7 + i>>12)
-			}
-			if err := os.WriteFile(raw, data, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			p := filepath.Join(dir, "img.vhd")
-			run(t, "qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", "subformat="+subformat, raw, p)
-			return p
+			return qemuConvert(t, patterned(9<<20), "vpc", "subformat="+subformat)
 		}
 	}
 	// cut truncates the image build makes to n bytes.

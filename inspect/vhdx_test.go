@@ -2,8 +2,6 @@ package inspect_test
 
 import (
 	"encoding/binary"
-	"os"
-	"path/filepath"
 	"testing"
 	"unicode/utf16"
 
@@ -30,18 +28,7 @@ func TestVHDXFixtures(t *testing.T) {
 		}
 	}
 	converted := func(t testing.TB) string {
-		dir := t.TempDir()
-		raw := filepath.Join(dir, "data.raw")
-		data := make([]byte, 11<<20)
-		for i := range data {
-			data[i] = byte(i*7 + i>>12)
-		}
-		if err := os.WriteFile(raw, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dir, "img.vhdx")
-		run(t, "qemu-img", "convert", "-f", "raw", "-O", "vhdx", raw, p)
-		return p
+		return qemuConvert(t, patterned(11<<20), "vhdx", "")
 	}
 	const size = 129<<20 + 512
 	fixtures := []fixture{

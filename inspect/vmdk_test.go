@@ -35,15 +35,11 @@ func wantVMDK(createType, adapter, hw string) func(testing.TB, *inspect.Report) 
 // are really allocated (and streamOptimized really compresses something).
 func vmdkWithData(t testing.TB, subformat string, size int) string {
 	t.Helper()
-	dir := t.TempDir()
 	data := make([]byte, size)
 	if _, err := rand.Read(data); err != nil {
 		t.Fatal(err)
 	}
-	raw := writeFile(t, "data.raw", data)
-	out := filepath.Join(dir, "d.vmdk")
-	run(t, "qemu-img", "convert", "-q", "-f", "raw", "-O", "vmdk", "-o", "subformat="+subformat, raw, out)
-	return out
+	return qemuConvert(t, data, "vmdk", "subformat="+subformat)
 }
 
 // vmdkDescriptorOf makes a VMDK of the subformat in its own directory and returns the path of
