@@ -36,20 +36,7 @@ func testQueue(t testing.TB) string {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	q := fmt.Sprintf("gsc-test-%x", b)
-	t.Cleanup(func() {
-		conn, err := amqp.Dial(rabbitEnv(t)["GSC_AMQP_URL"])
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		ch, err := conn.Channel()
-		if err != nil {
-			return
-		}
-		for _, n := range []string{q, q + ".retry", q + ".dead"} {
-			_, _ = ch.QueueDelete(n, false, false, false)
-		}
-	})
+	t.Cleanup(func() { testcloud.DeleteQueues(rabbitEnv(t)["GSC_AMQP_URL"], q) })
 	return q
 }
 

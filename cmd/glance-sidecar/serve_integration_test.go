@@ -22,8 +22,6 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/glance-sidecar/glance-sidecar/consumer"
 	"github.com/glance-sidecar/glance-sidecar/glanceclient"
 	"github.com/glance-sidecar/glance-sidecar/internal/testcloud"
@@ -121,7 +119,7 @@ func TestIntegrationServe(t *testing.T) {
 		b := make([]byte, 4)
 		_, _ = rand.Read(b)
 		queue := fmt.Sprintf("gsc-serve-%x", b)
-		t.Cleanup(func() { deleteQueues(env["GSC_AMQP_URL"], queue) })
+		t.Cleanup(func() { testcloud.DeleteQueues(env["GSC_AMQP_URL"], queue) })
 		addr := freeAddr(t)
 		startServe(t, addr, append(glance, "--amqp-transport-url", env["GSC_TRANSPORT_URL"], "--amqp-queue", queue, "--webhook-listen", addr)...)
 		base := filepath.Join(t.TempDir(), "base.raw")
@@ -189,19 +187,4 @@ func TestIntegrationServe(t *testing.T) {
 		}
 		waitStatus(t, c, id, "inspected")
 	})
-}
-
-func deleteQueues(url, queue string) {
-	conn, err := amqp.Dial(url)
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	for _, q := range []string{queue, queue + ".retry", queue + ".dead"} {
-		_, _ = ch.QueueDelete(q, false, false, false)
-	}
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // Dir is the full test cloud's state directory: GSC_CLOUD_DIR, default /tmp/glance-sidecar-cloud.
@@ -51,4 +53,21 @@ func ReadEnv(dir string) (map[string]string, error) {
 		}
 	}
 	return env, nil
+}
+
+// DeleteQueues removes a consumer queue and its .retry and .dead queues from the broker at
+// amqpURL, for test cleanup: failures are ignored.
+func DeleteQueues(amqpURL, queue string) {
+	conn, err := amqp.Dial(amqpURL)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	for _, q := range []string{queue, queue + ".retry", queue + ".dead"} {
+		_, _ = ch.QueueDelete(q, false, false, false)
+	}
 }
