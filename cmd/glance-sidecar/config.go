@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,7 +20,7 @@ import (
 // etc/glance-sidecar.conf.sample. Precedence: flag, then environment, then file, then default.
 type option struct {
 	section, key string
-	def          any // string, int, bool, time.Duration or []string
+	def          any // string, int, bool, time.Duration, byteSize or []string
 	help         string
 	secret       bool // may also be given as <key>_file, read from that file
 }
@@ -64,11 +66,62 @@ var options = []option{
 	{"webhook", "secret_file", "", "File holding the webhook's HMAC secret (empty: no webhook, health and metrics only).", false},
 	{"webhook", "window", 5 * time.Minute, "How far a request's timestamp may be from now.", false},
 
+	{"DEFAULT", "reconcile_interval", 10 * time.Minute, "How often serve lists recently updated images that lack a current outcome and queues them (0: never).", false},
+
+	{"workspace", "dir", "/var/lib/glance-sidecar/workspace", "Directory for the files of jobs that need disk (conversions); locked by one process, swept at start.", false},
+	{"workspace", "max_bytes", byteSize(20 << 30), "Disk the jobs may reserve at once (bytes, or with a K, M, G or T suffix).", false},
+	{"workspace", "max_jobs", 2, "Jobs holding workspace disk at once.", false},
+
 	{"inspect", "owners", []string{}, "Only look at images of these owners (empty: all).", false},
 	{"inspect", "visibilities", []string{}, "Only look at images with these visibilities (empty: all).", false},
 	{"inspect", "disk_formats", []string{}, "Only look at images declared with these disk formats (empty: all).", false},
 
+	{"convert", "target_format", "", "Convert every image to this disk format: raw, qcow2, vdi, vmdk or vhd (empty: never convert).", false},
+	{"convert", "source_formats", []string{"qcow2", "vmdk", "vdi", "vhd", "raw"}, "Formats (as detected) that are converted; others are only inspected.", false},
+	{"convert", "min_size", byteSize(0), "Convert only images whose virtual size is at least this.", false},
+	{"convert", "max_size", byteSize(0), "Convert only images whose virtual size is at most this (0: up to what the workspace holds).", false},
+	{"convert", "original", "keep", "What happens to the original after a conversion: keep, hide (os_hidden), deactivate or delete.", false},
+	{"convert", "address_space", byteSize(2 << 30), "Address-space limit of qemu-img (RLIMIT_AS).", false},
+	{"convert", "cpu_time", time.Duration(0), "CPU-time limit of qemu-img (0: none; the job's timeout still applies).", false},
+	{"convert", "timeout", time.Hour, "Wall-clock limit of one conversion, download and upload included.", false},
+
 	{"DEFAULT", "shutdown_timeout", 30 * time.Second, "How long SIGTERM waits for jobs in flight.", false},
+}
+
+// byteSize is an option counted in bytes, written with an optional binary suffix.
+type byteSize int64
+
+// String formats the size with the largest binary suffix that divides it.
+func (b byteSize) String() string {
+	for _, u := range []struct {
+		suffix string
+		shift  uint
+	}{{"T", 40}, {"G", 30}, {"M", 20}, {"K", 10}} {
+		if b != 0 && b%(1<<u.shift) == 0 {
+			return fmt.Sprintf("%d%s", b>>u.shift, u.suffix)
+		}
+	}
+	return strconv.FormatInt(int64(b), 10)
+}
+
+// parseSize reads "123", "512K", "20G", "1TiB", "10 MiB" (binary units).
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	num := strings.TrimRight(t, "KMGTiBkmgtb ")
+	unit := strings.ToUpper(strings.TrimSpace(t[len(num):]))
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size in bytes", s)
+	}
+	shift := map[string]uint{"": 0, "B": 0, "K": 10, "KIB": 10, "M": 20, "MIB": 20, "G": 30, "GIB": 30, "T": 40, "TIB": 40}
+	sh, ok := shift[unit]
+	if !ok {
+		return 0, fmt.Errorf("%q: unknown unit %q (use K, M, G or T)", s, unit)
+	}
+	if n > math.MaxInt64>>sh {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return n << sh, nil
 }
 
 func (o option) flag() string {
@@ -98,6 +151,8 @@ func flags() []cli.Flag {
 			out = append(out, &cli.BoolFlag{Name: o.flag(), Value: d, EnvVars: env, Usage: o.help})
 		case time.Duration:
 			out = append(out, &cli.DurationFlag{Name: o.flag(), Value: d, EnvVars: env, Usage: o.help})
+		case byteSize:
+			out = append(out, &cli.StringFlag{Name: o.flag(), Value: d.String(), EnvVars: env, Usage: o.help})
 		case []string:
 			out = append(out, &cli.StringSliceFlag{Name: o.flag(), Value: cli.NewStringSlice(d...), EnvVars: env, Usage: o.help + " Comma-separated."})
 		}
@@ -180,7 +235,7 @@ func writeSample(w io.Writer) error {
 		"# (--section-key) and environment variables (GLANCE_SIDECAR_SECTION_KEY) override this file.\n" +
 		"# Options marked secret may instead be read from a file named by <key>_file.\n")
 	section := ""
-	for _, sec := range []string{"DEFAULT", "glance", "amqp", "webhook", "inspect"} {
+	for _, sec := range []string{"DEFAULT", "glance", "amqp", "webhook", "workspace", "inspect", "convert"} {
 		for _, o := range options {
 			if o.section != sec {
 				continue

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -97,6 +98,48 @@ func TestConfigReportsEveryError(t *testing.T) {
 		t.Fatal("no error")
 	}
 	for _, want := range []string{"max_workers", "frobnicate", "prefetch", "transport_url_file"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		err  bool
+	}{
+		{"0", 0, false}, {"123", 123, false}, {"512K", 512 << 10, false}, {"20G", 20 << 30, false},
+		{"1TiB", 1 << 40, false}, {"10 MiB", 10 << 20, false}, {"3g", 3 << 30, false}, {"7B", 7, false},
+		{"", 0, true}, {"-1", 0, true}, {"1.5G", 0, true}, {"12Q", 0, true}, {"G", 0, true},
+		{"9999999999T", 0, true},
+	} {
+		got, err := parseSize(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+	for _, b := range []byteSize{0, 1, 1023, 1024, 3 << 20, 20 << 30, 5 << 40, 1<<30 + 1} {
+		if got, err := parseSize(b.String()); err != nil || got != int64(b) {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", b.String(), got, err, int64(b))
+		}
+	}
+}
+
+func TestSettingsReportEveryError(t *testing.T) {
+	app := &cli.App{Flags: flags(), Writer: io.Discard, ErrWriter: io.Discard, Action: func(c *cli.Context) error {
+		_, err := loadSettings(c)
+		return err
+	}}
+	err := app.Run([]string{"x", "--log-level", "loud", "--workspace-max-bytes", "lots", "--workspace-dir", "",
+		"--max-workers", "0", "--convert-original", "shred", "--convert-target-format", "iso",
+		"--convert-source-formats", "qcow2,ploop", "--property-prefix", "os_glance_", "--inspect-visibilities", "hidden",
+		"--convert-max-size", "-3"})
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"log_level", "workspace-max-bytes", "workspace dir", "max_workers", "shred", "iso", "ploop", "os_glance_", "hidden", "convert-max-size"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}

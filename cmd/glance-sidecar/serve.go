@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -16,7 +15,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/glance-sidecar/glance-sidecar/consumer"
-	"github.com/glance-sidecar/glance-sidecar/glanceclient"
 	"github.com/glance-sidecar/glance-sidecar/worker"
 )
 
@@ -30,14 +28,11 @@ func serveCommand() *cli.Command {
 }
 
 func runServe(c *cli.Context) error {
-	if err := loadConfig(c); err != nil {
+	set, err := loadSettings(c)
+	if err != nil {
 		return cli.Exit(fmt.Sprintf("configuration: %v", err), exitUsage)
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-		return cli.Exit(fmt.Sprintf("configuration: log_level: %v", err), exitUsage)
-	}
-	log := slog.New(slog.NewJSONHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
+	log := set.log
 	ctx := c.Context
 
 	reg := prometheus.NewRegistry()
@@ -46,34 +41,26 @@ func runServe(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("metrics: %v", err), 1)
 	}
+	set.job.Metrics = jobMetrics
 	events := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "glance_sidecar_events_total", Help: "Events handled, by source (amqp, webhook), type and result (done, retry, failed).",
 	}, []string{"source", "type", "result"})
 	reg.MustRegister(events)
 
-	gc, err := glanceclient.New(ctx, glanceclient.Options{
-		Cloud: c.String("glance-cloud"), CloudsFile: c.String("glance-clouds-file"),
-		AuthURL: c.String("glance-auth-url"), Username: c.String("glance-username"), Password: c.String("glance-password"),
-		UserDomainName: c.String("glance-user-domain-name"), ProjectName: c.String("glance-project-name"),
-		ProjectDomainName:       c.String("glance-project-domain-name"),
-		ApplicationCredentialID: c.String("glance-application-credential-id"), ApplicationCredentialSecret: c.String("glance-application-credential-secret"),
-		Region: c.String("glance-region"), Interface: c.String("glance-interface"), CAFile: c.String("glance-ca-file"),
-		UserAgent: "glance-sidecar/" + buildVersion(), Logger: log, Registerer: reg,
-	})
+	ws, err := worker.OpenWorkspace(set.workspace)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("workspace: %v", err), exitUsage)
+	}
+	defer ws.Close()
+	if err := ws.RegisterMetrics(reg); err != nil {
+		return cli.Exit(fmt.Sprintf("metrics: %v", err), 1)
+	}
+
+	gc, err := newGlanceClient(ctx, c, log, reg)
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("glance: %v", err), exitUsage)
 	}
-	pool := worker.NewPool(gc, c.Int("max-workers"), worker.JobOptions{
-		Properties:       worker.PropertyOptions{Prefix: c.String("property-prefix"), Overwrite: c.Bool("overwrite"), Version: buildVersion()},
-		Wait:             glanceclient.WaitOptions{Timeout: c.Duration("glance-wait-timeout")},
-		VerifyChecksum:   c.Bool("verify-checksum"),
-		DeactivateUnsafe: c.Bool("deactivate-unsafe"),
-		Owners:           c.StringSlice("inspect-owners"),
-		Visibilities:     c.StringSlice("inspect-visibilities"),
-		DiskFormats:      c.StringSlice("inspect-disk-formats"),
-		Logger:           log,
-		Metrics:          jobMetrics,
-	})
+	pool := worker.NewPool(gc, c.Int("max-workers"), set.job)
 	maxAttempts := c.Int("amqp-max-attempts")
 	handle := func(ctx context.Context, ev consumer.Event) error {
 		_, err := pool.Process(ctx, ev.ImageID, ev.Type)

@@ -43,7 +43,8 @@ func startServe(t *testing.T, addr string, args ...string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	var stderr bytes.Buffer
-	go func() { done <- run(ctx, append([]string{"glance-sidecar", "serve"}, args...), io.Discard, &stderr) }()
+	args = append([]string{"glance-sidecar", "serve", "--workspace-dir", t.TempDir()}, args...)
+	go func() { done <- run(ctx, args, io.Discard, &stderr) }()
 	t.Cleanup(func() {
 		cancel()
 		if code := <-done; code != 0 {
