@@ -344,6 +344,30 @@ lock_path = $STATE/glance/lock
 work_dir = $STATE/glance/tasks
 EOF
 
+	# SQLite and concurrent uploads: oslo.db opens every transaction with a plain (deferred)
+	# BEGIN, and Glance's image save reads, then writes. In WAL mode a transaction that read
+	# a snapshot another writer has since committed past cannot take the write lock, and SQLite
+	# fails it at once with "database is locked" (no busy timeout for that case): Glance
+	# answers 500 and leaves the image in saving. Taking the write lock at BEGIN (IMMEDIATE)
+	# makes every transaction wait its turn under the busy timeout instead. glance-api alone
+	# loads this, through PYTHONPATH; a real cloud runs Glance on MySQL and needs none of it.
+	mkdir -p "$STATE/glance/pyhooks"
+	put "$STATE/glance/pyhooks/sitecustomize.py" <<'EOF'
+"""glance-sidecar test cloud: SQLite transactions of oslo.db begin IMMEDIATE (see up.sh)."""
+try:
+    import sqlalchemy
+    import sqlalchemy.engine
+    import sqlalchemy.event
+
+    @sqlalchemy.event.listens_for(sqlalchemy.engine.Engine, "begin")
+    def _gsc_begin_immediate(conn):
+        if conn.engine.dialect.name == "sqlite" and "in_transaction" not in conn.info:
+            conn.execute(sqlalchemy.text("BEGIN IMMEDIATE"))
+            conn.info["in_transaction"] = True
+except ImportError:
+    pass
+EOF
+
 	# Under uwsgi, glance-wsgi-api reads glance-api.conf and glance-api-paste.ini from
 	# OS_GLANCE_CONFIG_DIR (bind_host, bind_port and workers above then do not apply).
 	ln -sfn /etc/glance/glance-api-paste.ini "$STATE/glance/glance-api-paste.ini"
@@ -675,8 +699,14 @@ fi
 # ---------------------------------------------------------------------------------------------
 phase glance
 glance_mode=$(cat "$PIDS/glance-api.mode" 2>/dev/null || true)
-if recorded_pid glance-api >/dev/null && changed "$STATE/glance/glance-api.conf" "$STATE/glance/uwsgi.ini"; then
+if recorded_pid glance-api >/dev/null && changed "$STATE/glance/glance-api.conf" "$STATE/glance/uwsgi.ini" "$STATE/glance/pyhooks/sitecustomize.py"; then
 	log "Glance's configuration changed: restarting it"
+	stop_pid glance-api
+fi
+# A glance-api started some other way lacks the SQLite hook above: restart it.
+if pid=$(recorded_pid glance-api) &&
+	! tr '\0' '\n' <"/proc/$pid/environ" | grep -qx "PYTHONPATH=$STATE/glance/pyhooks"; then
+	log "glance-api (pid $pid) runs without $STATE/glance/pyhooks: restarting it"
 	stop_pid glance-api
 fi
 if recorded_pid glance-api >/dev/null && [[ $glance_mode == "$GSC_GLANCE_SERVER" ]] && glance_ok; then
@@ -698,10 +728,11 @@ else
 	fi
 	port_must_be_free "$GSC_GLANCE_PORT" Glance
 	if [[ $GSC_GLANCE_SERVER == uwsgi ]]; then
-		start_bg glance-api "$LOGS/glance-api.out" "$UWSGI" --ini "$STATE/glance/uwsgi.ini"
+		start_bg glance-api "$LOGS/glance-api.out" env PYTHONPATH="$STATE/glance/pyhooks" \
+			"$UWSGI" --ini "$STATE/glance/uwsgi.ini"
 	else
-		start_bg glance-api "$LOGS/glance-api.out" /usr/bin/glance-api \
-			--config-file "$STATE/glance/glance-api.conf"
+		start_bg glance-api "$LOGS/glance-api.out" env PYTHONPATH="$STATE/glance/pyhooks" \
+			/usr/bin/glance-api --config-file "$STATE/glance/glance-api.conf"
 	fi
 	echo "$GSC_GLANCE_SERVER" >"$PIDS/glance-api.mode"
 	wait_ready glance-api "Glance at $GLANCE_URL" glance_ok
