@@ -4,10 +4,15 @@ STATICCHECK_VERSION ?= v0.8.2
 FUZZTIME  ?= 8s
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build test check deps lint unit fuzz-smoke integration bench
+.PHONY: build demo test check deps lint unit fuzz-smoke integration bench
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/glance-sidecar ./cmd/glance-sidecar
+
+# The README's first command: the test cloud, serve against it, four sample images and what
+# the sidecar wrote on them. `scripts/demo stop` ends it.
+demo:
+	scripts/demo
 
 # The README's test command: installs what is missing, then lint, unit tests, a fuzz smoke
 # and the integration tests against the test cloud (brought up and down by scripts/integration).
