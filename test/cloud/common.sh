@@ -322,3 +322,25 @@ rabbit_app() {
 	[[ $action == start ]] && rm -f "$PIDS/rabbitmq.app-stopped"
 	return 0
 }
+
+# glance_ok: Glance answers GET /versions.
+glance_ok() {
+	[[ $(curl -s -o /dev/null --max-time 10 -w '%{http_code}' "http://127.0.0.1:$GSC_GLANCE_PORT/versions" || true) == 200 ]]
+}
+
+# start_glance: starts glance-api as GSC_GLANCE_SERVER says (the glance-api program, or
+# glance-wsgi-api under uwsgi) with the state directory's configuration, records its pid and
+# mode, and waits until it answers. PYTHONPATH brings in the SQLite hook up.sh writes
+# (BEGIN IMMEDIATE; see there).
+start_glance() {
+	port_must_be_free "$GSC_GLANCE_PORT" Glance
+	if [[ $GSC_GLANCE_SERVER == uwsgi ]]; then
+		start_bg glance-api "$LOGS/glance-api.out" env PYTHONPATH="$STATE/glance/pyhooks" \
+			"$UWSGI" --ini "$STATE/glance/uwsgi.ini"
+	else
+		start_bg glance-api "$LOGS/glance-api.out" env PYTHONPATH="$STATE/glance/pyhooks" \
+			/usr/bin/glance-api --config-file "$STATE/glance/glance-api.conf"
+	fi
+	echo "$GSC_GLANCE_SERVER" >"$PIDS/glance-api.mode"
+	wait_ready glance-api "Glance on 127.0.0.1:$GSC_GLANCE_PORT" glance_ok
+}

@@ -59,7 +59,6 @@ http_code() {
 	curl -s -o /dev/null --max-time 10 -w '%{http_code}' "$@" || true
 }
 keystone_ok() { [[ $(http_code "$KEYSTONE_URL") == 200 ]]; }
-glance_ok() { [[ $(http_code "$GLANCE_URL/versions") == 200 ]]; }
 rabbit_ok() { port_open "$GSC_RABBIT_PORT" && rmqctl status; }
 
 # token USER PASSWORD PROJECT: a Keystone token (project-scoped), printed.
@@ -726,16 +725,7 @@ else
 		sqlite3 "$STATE/glance/glance.db" 'PRAGMA journal_mode=WAL;' >/dev/null
 		touch "$STATE/glance/.ready"
 	fi
-	port_must_be_free "$GSC_GLANCE_PORT" Glance
-	if [[ $GSC_GLANCE_SERVER == uwsgi ]]; then
-		start_bg glance-api "$LOGS/glance-api.out" env PYTHONPATH="$STATE/glance/pyhooks" \
-			"$UWSGI" --ini "$STATE/glance/uwsgi.ini"
-	else
-		start_bg glance-api "$LOGS/glance-api.out" env PYTHONPATH="$STATE/glance/pyhooks" \
-			/usr/bin/glance-api --config-file "$STATE/glance/glance-api.conf"
-	fi
-	echo "$GSC_GLANCE_SERVER" >"$PIDS/glance-api.mode"
-	wait_ready glance-api "Glance at $GLANCE_URL" glance_ok
+	start_glance
 	phase_done "started ($GSC_GLANCE_SERVER)"
 fi
 
