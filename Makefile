@@ -46,4 +46,4 @@ integration:
 
 # Benchmarks are not part of `make test`; see README.md for what they measure.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./inspect/ | tee bench.out
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./inspect/ ./convert/ | tee bench.out

@@ -65,6 +65,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			serveCommand(),
 			inspectCommand(),
+			convertCommand(),
 			configCommand(),
 			versionCommand(),
 		},
