@@ -94,6 +94,26 @@ func (c *Client) Upload(ctx context.Context, id string, data io.ReaderAt, size i
 	return classify(err, "uploading %d bytes to image %s", size, id)
 }
 
+// UploadStream sends size bytes read from r as the image's data, in one request: for data that
+// exists only as a stream (a conversion's output). It cannot retry, since r is read once; on any
+// failure, an r that ends early or fails included, Glance puts the image back to queued and the
+// caller starts again whole. Glance checks that it received size bytes.
+func (c *Client) UploadStream(ctx context.Context, id string, r io.Reader, size int64) error {
+	_, err := c.sc.Put(ctx, c.imageURL(id, "file"), io.LimitReader(onceReader{r: r}, size), nil, &gophercloud.RequestOpts{
+		MoreHeaders: map[string]string{
+			"Content-Type":           "application/octet-stream",
+			"x-openstack-image-size": strconv.FormatInt(size, 10),
+		},
+		OkCodes: []int{http.StatusNoContent},
+	})
+	return classify(err, "uploading %d bytes to image %s as a stream", size, id)
+}
+
+// onceReader is a stream that Gophercloud cannot rewind for a retry: it is not an io.Seeker.
+type onceReader struct{ r io.Reader }
+
+func (o onceReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
 // Deactivate makes an active image's data unavailable to non-admins (idempotent).
 func (c *Client) Deactivate(ctx context.Context, id string) error {
 	return c.action(ctx, id, "deactivate")

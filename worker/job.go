@@ -34,6 +34,8 @@ type JobOptions struct {
 	Owners, Visibilities, DiskFormats []string
 	// Force looks at an image even when its outcome is current.
 	Force bool
+	// Convert turns on conversion of safe images into a target format (zero: off).
+	Convert ConvertOptions
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger gets one line per job (default slog.Default()).
@@ -56,6 +58,8 @@ type Result struct {
 	BytesRead int64
 	// Deactivated is set when the job deactivated the image.
 	Deactivated bool
+	// Converted is the id of the image converted from this one.
+	Converted string
 }
 
 // hashKey is the property that says which data the recorded outcome is about.
@@ -113,7 +117,7 @@ func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions
 	}
 
 	t = time.Now()
-	rep, mode, n, err := inspectImage(ctx, c, img, opts)
+	rep, mode, n, rs, err := inspectImage(ctx, c, img, opts)
 	opts.Metrics.stage("inspect", t)
 	res.Report, res.Mode, res.BytesRead = rep, mode, n
 	if err != nil {
@@ -130,6 +134,11 @@ func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions
 		return res, fmt.Errorf("writing findings: %w", err)
 	}
 	res.Outcome = Outcome(set[opts.Properties.prefix()+"status"])
+	if res.Outcome == OutcomeInspected {
+		if reason := opts.Convert.convertReason(img, rep.Format, rep.VirtualSize, opts.Properties.prefix()); reason == "" {
+			return convertJob(ctx, c, img, rep, rs, res, opts)
+		}
+	}
 	if res.Outcome == OutcomeUnsafe && opts.DeactivateUnsafe {
 		if err := c.Deactivate(ctx, id); err != nil {
 			return res, fmt.Errorf("deactivating the unsafe image: %w", err)
@@ -137,6 +146,31 @@ func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions
 		res.Deactivated = true
 	}
 	return res, nil
+}
+
+// convertJob converts an image found safe, links both images and applies the original policy.
+// A failure no retry can change (too large for the workspace, an output qemu-img made that
+// inspection rejects, limits) is recorded at once, with the data hash, so that the outcome is
+// current and no event or reconcile pass converts the image again.
+func convertJob(ctx context.Context, c *glanceclient.Client, img *glanceclient.Image, rep *inspect.Report, rs []region, res Result, opts JobOptions) (Result, error) {
+	newID, err := convertImage(ctx, c, img, rep, rs, opts)
+	if err == nil {
+		err = finishConversion(ctx, c, img, newID, opts)
+	}
+	switch {
+	case err == nil:
+		res.Outcome, res.Converted = OutcomeConverted, newID
+		return res, nil
+	case isPermanent(err) && ctx.Err() == nil:
+		set, _ := FailedProperties("conversion: "+err.Error(), img.Properties, opts.Now(), opts.Properties)
+		set[opts.Properties.prefix()+hashKey] = dataHash(img)
+		if _, perr := c.PatchProperties(ctx, img.ID, set, nil); perr != nil {
+			return res, fmt.Errorf("recording the failed conversion (%v): %w", err, perr)
+		}
+		res.Outcome, res.Reason = OutcomeFailed, "conversion: "+err.Error()
+		return res, nil
+	}
+	return res, fmt.Errorf("conversion: %w", err)
 }
 
 // skipReason says why the job leaves an active image alone, or "".
@@ -157,9 +191,12 @@ func skipReason(img *glanceclient.Image, opts JobOptions) string {
 	if opts.Force {
 		return ""
 	}
+	// A failure is current only when recorded with the data hash: a conversion that can never
+	// work. Failures given up on after retries carry no hash and are tried again.
 	switch Outcome(img.Properties[p+"status"]) {
-	case OutcomeInspected, OutcomeUnsafe:
-		if img.Properties[p+hashKey] == dataHash(img) && img.Properties[p+"version"] == opts.Properties.Version {
+	case OutcomeInspected, OutcomeUnsafe, OutcomeConverted, OutcomeFailed:
+		if img.Properties[p+hashKey] == dataHash(img) && img.Properties[p+"version"] == opts.Properties.Version &&
+			!opts.Convert.wantsConversion(img, p) {
 			return "outcome is current"
 		}
 	}
@@ -175,40 +212,42 @@ func dataHash(img *glanceclient.Image) string {
 }
 
 // inspectImage inspects by ranges, falling back to one streaming pass (which also verifies the
-// checksum) when the store refuses ranges.
-func inspectImage(ctx context.Context, c *glanceclient.Client, img *glanceclient.Image, opts JobOptions) (*inspect.Report, string, int64, error) {
+// checksum) when the store refuses ranges. After ranges it also returns the regions read, for a
+// conversion to check its download against.
+func inspectImage(ctx context.Context, c *glanceclient.Client, img *glanceclient.Image, opts JobOptions) (*inspect.Report, string, int64, []region, error) {
 	iopts := inspect.Options{}
 	if _, err := inspect.ParseDeclared(img.DiskFormat); err == nil {
 		iopts.Declared = img.DiskFormat
 	}
 	rr, err := c.OpenRange(ctx, img, opts.Range)
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, nil, err
 	}
-	rep, err := inspect.InspectAt(ctx, rr, rr.Size(), iopts)
+	rec := &regions{r: rr}
+	rep, err := inspect.InspectAt(ctx, rec, rr.Size(), iopts)
 	_, fetched := rr.Stats()
 	switch {
 	case err == nil && !opts.VerifyChecksum:
-		return rep, "range", fetched, nil
+		return rep, "range", fetched, rec.sorted(), nil
 	case err == nil:
 		res, err := c.Download(ctx, img, io.Discard)
 		if err != nil {
-			return nil, "range", fetched + res.Bytes, fmt.Errorf("verifying the checksum: %w", err)
+			return nil, "range", fetched + res.Bytes, nil, fmt.Errorf("verifying the checksum: %w", err)
 		}
-		return rep, "range", fetched + res.Bytes, nil
+		return rep, "range", fetched + res.Bytes, rec.sorted(), nil
 	case !errors.Is(err, glanceclient.ErrRangeUnsupported):
-		return nil, "range", fetched, fmt.Errorf("inspecting by ranges: %w", err)
+		return nil, "range", fetched, nil, fmt.Errorf("inspecting by ranges: %w", err)
 	}
 	s, err := inspect.NewStream(iopts)
 	if err != nil {
-		return nil, "stream", 0, err
+		return nil, "stream", 0, nil, err
 	}
 	res, err := c.Download(ctx, img, s)
 	if err != nil {
-		return nil, "stream", res.Bytes, fmt.Errorf("inspecting by streaming: %w", err)
+		return nil, "stream", res.Bytes, nil, fmt.Errorf("inspecting by streaming: %w", err)
 	}
 	rep, err = s.Close()
-	return rep, "stream", res.Bytes, err
+	return rep, "stream", res.Bytes, nil, err
 }
 
 // RecordFailure writes the failed outcome on an image, for a job given up on.
@@ -221,6 +260,10 @@ func RecordFailure(ctx context.Context, c *glanceclient.Client, imageID string, 
 		return err
 	}
 	set, remove := FailedProperties(cause.Error(), img.Properties, opts.Now(), opts.Properties)
+	// Without the data hash the failure is not current: reconcile and later events try again.
+	if k := opts.Properties.prefix() + hashKey; img.Properties[k] != "" {
+		remove = append(remove, k)
+	}
 	_, err = c.PatchProperties(ctx, imageID, set, remove)
 	return err
 }

@@ -166,7 +166,12 @@ func TestSkipReason(t *testing.T) {
 		{"current but forced", with(current), JobOptions{Force: true, Properties: PropertyOptions{Version: "v1"}}, ""},
 		{"new sidecar version", with(current), JobOptions{Properties: PropertyOptions{Version: "v2"}}, ""},
 		{"new data", with(func(i *glanceclient.Image) { current(i); i.HashValue = "def" }), JobOptions{Properties: PropertyOptions{Version: "v1"}}, ""},
-		{"failed before", with(func(i *glanceclient.Image) { current(i); i.Properties["sidecar_status"] = "failed" }), JobOptions{Properties: PropertyOptions{Version: "v1"}}, ""},
+		{"failed, given up on (no hash)", with(func(i *glanceclient.Image) {
+			current(i)
+			i.Properties["sidecar_status"] = "failed"
+			delete(i.Properties, "sidecar_checked_hash")
+		}), JobOptions{Properties: PropertyOptions{Version: "v1"}}, ""},
+		{"failed for good (with the hash)", with(func(i *glanceclient.Image) { current(i); i.Properties["sidecar_status"] = "failed" }), JobOptions{Properties: PropertyOptions{Version: "v1"}}, "outcome is current"},
 	}
 	for _, tt := range tests {
 		if got := skipReason(tt.img, tt.opts); got != tt.want {

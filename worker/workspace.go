@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -52,6 +54,7 @@ func (o *WorkspaceOptions) Validate() error {
 // and any job-* left by a process that died is removed when the workspace is opened.
 type Workspace struct {
 	opts  WorkspaceOptions
+	tag   string // names this workspace's socket directories
 	bytes *semaphore.Weighted
 	jobs  *semaphore.Weighted
 	lock  *os.File
@@ -91,7 +94,12 @@ func OpenWorkspace(opts WorkspaceOptions) (*Workspace, error) {
 		}
 		return nil, fmt.Errorf("locking the workspace %s: %w", opts.Dir, err)
 	}
-	w := &Workspace{opts: opts, bytes: semaphore.NewWeighted(opts.MaxBytes), jobs: semaphore.NewWeighted(int64(opts.MaxJobs)), lock: f}
+	abs, err := filepath.Abs(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(abs))
+	w := &Workspace{opts: opts, tag: hex.EncodeToString(sum[:4]), bytes: semaphore.NewWeighted(opts.MaxBytes), jobs: semaphore.NewWeighted(int64(opts.MaxJobs)), lock: f}
 	if err := w.sweep(); err != nil {
 		w.Close()
 		return nil, err
@@ -105,12 +113,20 @@ func (w *Workspace) sweep() error {
 	if err != nil {
 		return fmt.Errorf("reading the workspace: %w", err)
 	}
-	var errs []error
+	var stale []string
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), jobPrefix) {
-			if err := os.RemoveAll(filepath.Join(w.opts.Dir, e.Name())); err != nil {
-				errs = append(errs, fmt.Errorf("removing stale %s: %w", e.Name(), err))
-			}
+			stale = append(stale, filepath.Join(w.opts.Dir, e.Name()))
+		}
+	}
+	sockets, err := filepath.Glob(filepath.Join(os.TempDir(), w.socketPrefix()+"*"))
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range append(stale, sockets...) {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, fmt.Errorf("removing stale %s: %w", d, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -130,10 +146,14 @@ func (w *Workspace) Close() error {
 	return w.lock.Close()
 }
 
+// socketPrefix starts the names of this workspace's socket directories in os.TempDir().
+func (w *Workspace) socketPrefix() string { return "gsc-sock-" + w.tag + "-" }
+
 // Lease is a reservation of disk in the workspace and the directory to use it in.
 type Lease struct {
 	w        *Workspace
 	dir      string
+	sockets  string // the lease's socket directory, once made
 	n        int64
 	released atomic.Bool
 }
@@ -185,6 +205,20 @@ func (l *Lease) Dir() string { return l.dir }
 // Path is a file name inside the lease's directory.
 func (l *Lease) Path(name string) string { return filepath.Join(l.dir, filepath.Base(name)) }
 
+// SocketDir returns a directory for the lease's unix sockets, made on first use in the system's
+// temporary directory: a socket's path must fit in 108 bytes, a workspace's need not. It goes
+// with the lease, and a crashed process's are swept when the workspace is opened again.
+func (l *Lease) SocketDir() (string, error) {
+	if l.sockets == "" {
+		d, err := os.MkdirTemp("", l.w.socketPrefix())
+		if err != nil {
+			return "", fmt.Errorf("creating a socket directory: %w", err)
+		}
+		l.sockets = d
+	}
+	return l.sockets, nil
+}
+
 // Bytes is the disk the lease reserved.
 func (l *Lease) Bytes() int64 { return l.n }
 
@@ -195,6 +229,9 @@ func (l *Lease) Release() error {
 		return nil
 	}
 	err := os.RemoveAll(l.dir)
+	if l.sockets != "" {
+		err = errors.Join(err, os.RemoveAll(l.sockets))
+	}
 	l.w.inUse.Add(-l.n)
 	l.w.bytes.Release(l.n)
 	l.w.jobs.Release(1)

@@ -62,7 +62,21 @@ func TestWorkspaceLockAndSweep(t *testing.T) {
 	if err := os.WriteFile(other, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A crashed process's socket directory (what SocketDir makes for this workspace).
+	probe := openWorkspace(t, dir, 1, 1)
+	lease, err := probe.Reserve(t.Context(), "x", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	staleSockets, err := lease.SocketDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Close() // the lease is never released: as if the process died
 	w := openWorkspace(t, dir, 1<<20, 1)
+	if _, err := os.Stat(staleSockets); !os.IsNotExist(err) {
+		t.Errorf("stale socket directory survived the sweep: %v", err)
+	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Errorf("stale job directory survived the sweep: %v", err)
 	}
@@ -130,8 +144,18 @@ func TestWorkspaceReserve(t *testing.T) {
 	if _, err := w.Reserve(ctx, "third", 50); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("cancelled wait: %v", err)
 	}
+	sockets, err := a.SocketDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := a.SocketDir(); again != sockets || len(sockets) > 60 {
+		t.Errorf("socket dirs %q then %q: want one short directory", sockets, again)
+	}
 	if err := a.Release(); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(sockets); !os.IsNotExist(err) {
+		t.Errorf("released lease's socket directory still exists: %v", err)
 	}
 	if err := a.Release(); err != nil { // twice is harmless and gives nothing back twice
 		t.Fatal(err)

@@ -83,6 +83,8 @@ var options = []option{
 	{"convert", "original", "keep", "What happens to the original after a conversion: keep, hide (os_hidden), deactivate or delete.", false},
 	{"convert", "address_space", byteSize(2 << 30), "Address-space limit of qemu-img (RLIMIT_AS).", false},
 	{"convert", "cpu_time", time.Duration(0), "CPU-time limit of qemu-img (0: none; the job's timeout still applies).", false},
+	{"convert", "adapter_type", "ide", "VMDK adapter type written when the source says none (its vmware_adaptertype property wins): ide, busLogic, lsiLogic, legacyESX.", false},
+	{"convert", "force_size", false, "Write vhd targets with exactly the source's virtual size (qemu's force_size, as Azure needs) instead of rounding to CHS geometry.", false},
 	{"convert", "timeout", time.Hour, "Wall-clock limit of one conversion, download and upload included.", false},
 
 	{"DEFAULT", "shutdown_timeout", 30 * time.Second, "How long SIGTERM waits for jobs in flight.", false},

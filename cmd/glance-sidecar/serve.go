@@ -55,6 +55,12 @@ func runServe(c *cli.Context) error {
 	if err := ws.RegisterMetrics(reg); err != nil {
 		return cli.Exit(fmt.Sprintf("metrics: %v", err), 1)
 	}
+	if set.job.Convert.Target != "" {
+		set.job.Convert.Workspace = ws
+		if err := set.job.Convert.Validate(); err != nil {
+			return cli.Exit(fmt.Sprintf("configuration: %v", err), exitUsage)
+		}
+	}
 
 	gc, err := newGlanceClient(ctx, c, log, reg)
 	if err != nil {

@@ -49,6 +49,8 @@ func startServe(t *testing.T, addr string, args ...string) {
 		cancel()
 		if code := <-done; code != 0 {
 			t.Errorf("serve exited %d:\n%s", code, stderr.String())
+		} else if t.Failed() {
+			t.Logf("serve's log:\n%s", stderr.String())
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)

@@ -10,7 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
+	"github.com/glance-sidecar/glance-sidecar/convert"
 	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+	"github.com/glance-sidecar/glance-sidecar/inspect"
 	"github.com/glance-sidecar/glance-sidecar/worker"
 )
 
@@ -59,6 +61,11 @@ func loadSettings(c *cli.Context) (*settings, error) {
 			errs = append(errs, fmt.Errorf("inspect visibilities: unknown visibility %q", f))
 		}
 	}
+	if a := c.String("convert-adapter-type"); a != "" {
+		if _, ok := convert.AdapterType(a); !ok {
+			errs = append(errs, fmt.Errorf("convert adapter_type %q: ide, busLogic, lsiLogic or legacyESX", a))
+		}
+	}
 	if o := c.String("convert-original"); !slices.Contains([]string{"keep", "hide", "deactivate", "delete"}, o) {
 		errs = append(errs, fmt.Errorf("convert original %q: keep, hide, deactivate or delete", o))
 	}
@@ -70,9 +77,6 @@ func loadSettings(c *cli.Context) (*settings, error) {
 			errs = append(errs, fmt.Errorf("convert source_formats: %q is not one of %v", f, convertFormats))
 		}
 	}
-	size("convert-min-size")
-	size("convert-max-size")
-	size("convert-address-space")
 
 	s.job = worker.JobOptions{
 		Properties:       worker.PropertyOptions{Prefix: c.String("property-prefix"), Overwrite: c.Bool("overwrite"), Version: buildVersion()},
@@ -84,6 +88,20 @@ func loadSettings(c *cli.Context) (*settings, error) {
 		DiskFormats:      c.StringSlice("inspect-disk-formats"),
 		Logger:           s.log,
 	}
+	minSize, maxSize, addrSpace := size("convert-min-size"), size("convert-max-size"), size("convert-address-space")
+	if t := c.String("convert-target-format"); t != "" {
+		var sources []inspect.Format
+		for _, f := range c.StringSlice("convert-source-formats") {
+			sources = append(sources, inspect.Format(f))
+		}
+		s.job.Convert = worker.ConvertOptions{
+			Target: inspect.Format(t), Sources: sources,
+			MinSize: minSize, MaxSize: maxSize,
+			Original: c.String("convert-original"), Timeout: c.Duration("convert-timeout"),
+			Qemu: convert.Options{AddressSpace: addrSpace, CPUTime: c.Duration("convert-cpu-time"),
+				AdapterType: c.String("convert-adapter-type"), ForceSize: c.Bool("convert-force-size")},
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -91,7 +109,7 @@ func loadSettings(c *cli.Context) (*settings, error) {
 }
 
 // convertFormats are the disk formats a conversion can produce or start from.
-var convertFormats = []string{"raw", "qcow2", "vdi", "vmdk", "vhd"}
+var convertFormats = []string{"raw", "qcow2", "vdi", "vmdk", "vhd", "vpc"}
 
 // newGlanceClient authenticates against Keystone and finds Glance, as the [glance] options say.
 func newGlanceClient(ctx context.Context, c *cli.Context, log *slog.Logger, reg prometheus.Registerer) (*glanceclient.Client, error) {

@@ -1,0 +1,237 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"sync"
+
+	"github.com/glance-sidecar/glance-sidecar/convert"
+	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+	"github.com/glance-sidecar/glance-sidecar/inspect"
+	"github.com/glance-sidecar/glance-sidecar/internal/nbd"
+)
+
+// A conversion to raw overlaps its three stages: qemu-img reads the source over NBD from the
+// download in progress (nbd.GrowingFile) and writes raw, in order, over NBD into the upload
+// (nbd.SequentialWriter). Two guards keep it as safe as converting a file:
+//
+//   - qemu-img reads only bytes that are the bytes inspected. The ranged inspection's reads are
+//     recorded (regions); the download is compared against them as it arrives, and only bytes
+//     that passed are released to qemu-img. The download's checksum covers the rest.
+//   - the upload cannot finish before everything is checked. The last bytes of the output are
+//     held back until qemu-img has succeeded, the download's checksum matched, and inspecting
+//     the output stream found raw and safe; a failure cuts the upload short instead, and Glance
+//     puts the image back to queued.
+
+// regions records what an inspection read through an io.ReaderAt: at most the inspection's read
+// budget, which package inspect bounds.
+type regions struct {
+	r    io.ReaderAt
+	mu   sync.Mutex
+	list []region
+}
+
+type region struct {
+	off  int64
+	data []byte
+}
+
+func (g *regions) ReadAt(p []byte, off int64) (int, error) {
+	n, err := g.r.ReadAt(p, off)
+	if n > 0 {
+		g.mu.Lock()
+		g.list = append(g.list, region{off, bytes.Clone(p[:n])})
+		g.mu.Unlock()
+	}
+	return n, err
+}
+
+// sorted returns the regions by offset.
+func (g *regions) sorted() []region {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := append([]region(nil), g.list...)
+	sort.Slice(out, func(i, j int) bool { return out[i].off < out[j].off })
+	return out
+}
+
+// errInconsistent is a download whose bytes differ from what the ranged reads returned.
+var errInconsistent = errors.New("the download differs from the bytes inspected")
+
+// checkedWriter writes the download into the file behind a GrowingFile, comparing it with the
+// inspected regions first, and releases to qemu-img only what passed.
+type checkedWriter struct {
+	f       *os.File
+	g       *nbd.GrowingFile
+	regions []region
+	off     int64
+}
+
+func (w *checkedWriter) Write(p []byte) (int, error) {
+	for _, r := range w.regions {
+		lo, hi := max(r.off, w.off), min(r.off+int64(len(r.data)), w.off+int64(len(p)))
+		if lo < hi && !bytes.Equal(p[lo-w.off:hi-w.off], r.data[lo-r.off:hi-r.off]) {
+			err := fmt.Errorf("%w at byte %d", errInconsistent, lo)
+			w.g.Fail(err)
+			return 0, err
+		}
+	}
+	n, err := w.f.WriteAt(p, w.off)
+	w.off += int64(n)
+	w.g.Advance(int64(n))
+	return n, err
+}
+
+// holdback passes writes through to w except the last hold bytes of total, which it keeps until
+// commit; abort closes w with an error instead.
+type holdback struct {
+	w     *io.PipeWriter
+	total int64
+	hold  int64
+	off   int64
+	kept  []byte
+}
+
+func (h *holdback) Write(p []byte) (int, error) {
+	n := len(p)
+	if pass := min(int64(len(p)), max(h.total-h.hold-h.off, 0)); pass > 0 {
+		if _, err := h.w.Write(p[:pass]); err != nil {
+			return 0, err
+		}
+		h.off += pass
+		p = p[pass:]
+	}
+	if len(p) > 0 {
+		if h.off+int64(len(h.kept)+len(p)) > h.total {
+			return 0, fmt.Errorf("output longer than %d bytes", h.total)
+		}
+		h.kept = append(h.kept, p...)
+	}
+	return n, nil
+}
+
+func (h *holdback) commit() error {
+	if h.off+int64(len(h.kept)) != h.total {
+		err := fmt.Errorf("output is %d bytes, want %d", h.off+int64(len(h.kept)), h.total)
+		h.w.CloseWithError(err)
+		return err
+	}
+	if _, err := h.w.Write(h.kept); err != nil {
+		return err
+	}
+	return h.w.Close()
+}
+
+// pipelineHold is how much of the output is held back: enough that Glance cannot have the image
+// before the checks end.
+const pipelineHold = 1 << 20
+
+// convertPipelined converts img to raw and uploads it into the queued image id, the stages
+// overlapping. rs are the regions the ranged inspection read.
+func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glanceclient.Image, rep *inspect.Report, rs []region,
+	id string, lease *Lease, qopts convert.Options) (err error) {
+	size, vsize := *img.Size, rep.VirtualSize
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	f, err := os.OpenFile(lease.Path("source"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	src := nbd.NewGrowingFile(f, size)
+	sockets, err := lease.SocketDir()
+	if err != nil {
+		return err
+	}
+	srcLn, err := nbd.Listen(sockets)
+	if err != nil {
+		return err
+	}
+	defer srcLn.Close()
+
+	stream, err := inspect.NewStream(inspect.Options{})
+	if err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	hold := &holdback{w: pw, total: vsize, hold: min(pipelineHold, vsize)}
+	dst := nbd.NewSequentialWriter(io.MultiWriter(stream, hold), vsize)
+	dstLn, err := nbd.Listen(sockets)
+	if err != nil {
+		return err
+	}
+	defer dstLn.Close()
+
+	// The NBD servers stop with serveCtx, cancelled once qemu-img is done; the download goes on
+	// to its end and its checksum.
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	var wg sync.WaitGroup
+	downloaded := make(chan error, 1)
+	wg.Go(func() {
+		_, err := c.Download(ctx, img, &checkedWriter{f: f, g: src, regions: rs})
+		if err != nil {
+			src.Fail(err)
+		}
+		downloaded <- err
+	})
+	srcDone, dstDone := make(chan error, 1), make(chan error, 1)
+	wg.Go(func() { srcDone <- nbd.Serve(serveCtx, srcLn, src) })
+	wg.Go(func() { dstDone <- nbd.Serve(serveCtx, dstLn, dst) })
+	uploaded := make(chan error, 1)
+	wg.Go(func() {
+		err := c.UploadStream(ctx, id, pr, vsize)
+		pr.CloseWithError(fmt.Errorf("upload ended: %v", err))
+		uploaded <- err
+	})
+	defer func() {
+		if err != nil {
+			pw.CloseWithError(err) // the upload fails short: Glance puts the image back to queued
+			cancel()               // and the download stops
+		}
+		stopServing()
+		wg.Wait()
+	}()
+
+	runErr := convert.Run(ctx, srcLn.URI(), dstLn.URI(), rep, qopts)
+	// qemu-img has exited: what its NBD servers say explains a failure better than its exit.
+	stopServing()
+	dstErr, srcErr := <-dstDone, <-srcDone
+	if runErr != nil {
+		return errors.Join(runErr, dstErr, ignoreCancel(srcErr))
+	}
+	if dstErr != nil {
+		return fmt.Errorf("writing the output: %w", dstErr)
+	}
+	if err := <-downloaded; err != nil {
+		return fmt.Errorf("downloading for conversion: %w", err)
+	}
+	out, err := stream.Close()
+	if err != nil {
+		return fmt.Errorf("inspecting the output: %w", err)
+	}
+	if out.Format != inspect.Raw || !out.Safe() || out.VirtualSize < rep.VirtualSize {
+		return fmt.Errorf("%w: the output is %s (%d bytes, problems %v), want raw, safe, at least %d bytes",
+			convert.ErrOutputRejected, out.Format, out.VirtualSize, out.Codes(), rep.VirtualSize)
+	}
+	if err := hold.commit(); err != nil {
+		return fmt.Errorf("uploading the converted image: %w", err)
+	}
+	if err := <-uploaded; err != nil {
+		return fmt.Errorf("uploading the converted image %s: %w", id, err)
+	}
+	return nil
+}
+
+func ignoreCancel(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
