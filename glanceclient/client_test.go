@@ -337,6 +337,22 @@ func TestCreateUploadActions(t *testing.T) {
 	if err := c.Upload(t.Context(), "c1", bytes.NewReader(data), int64(len(data))); err != nil {
 		t.Fatal(err)
 	}
+	// A stream is sent once, with its length; one that ends short fails.
+	if _, err := c.Create(t.Context(), CreateOptions{ID: "s1", Name: "stream", DiskFormat: "raw", ContainerFormat: "bare"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.UploadStream(t.Context(), "s1", io.MultiReader(bytes.NewReader(data[:100]), bytes.NewReader(data[100:])), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.data["s1"]; !bytes.Equal(got, data) {
+		t.Errorf("streamed %d bytes, want the %d sent", len(got), len(data))
+	}
+	if _, err := c.Create(t.Context(), CreateOptions{ID: "s2", Name: "short", DiskFormat: "raw", ContainerFormat: "bare"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.UploadStream(t.Context(), "s2", bytes.NewReader(data[:10]), int64(len(data))); err == nil {
+		t.Error("a stream shorter than its size was uploaded")
+	}
 	for _, step := range []struct {
 		do     func() error
 		status string

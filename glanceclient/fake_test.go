@@ -148,6 +148,11 @@ func (f *fakeCloud) serve(w http.ResponseWriter, r *http.Request) {
 	case len(parts) == 3 && parts[2] == "file" && r.Method == http.MethodGet:
 		f.download(w, r, id)
 	case len(parts) == 3 && parts[2] == "file" && r.Method == http.MethodPut:
+		// Glance reads chunked bodies slowly: every upload must say its length.
+		if r.ContentLength <= 0 || len(r.TransferEncoding) > 0 {
+			http.Error(w, "upload without Content-Length", http.StatusLengthRequired)
+			return
+		}
 		b, err := io.ReadAll(r.Body)
 		if err != nil {
 			return

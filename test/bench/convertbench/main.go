@@ -1,0 +1,150 @@
+// Command convertbench measures the conversion of a qcow2 image to raw against the test cloud;
+// test/bench/convert-bench.sh drives it. Each run uploads the qcow2 FILE as a new original, then
+// times, in the same run:
+//
+//   - the sidecar's job (worker.Job with a raw target, in-process): ranged inspection, then
+//     download, qemu-img and upload overlapped through NBD;
+//   - the sequential baseline: download the image to disk, qemu-img convert to a raw file, upload
+//     that file as a new image; each stage timed, and the upload alone is the target's yardstick.
+//
+// It prints the medians and the ratios: job / upload alone (target ≤ 1.2) and job / sequential sum.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+	"github.com/glance-sidecar/glance-sidecar/inspect"
+	"github.com/glance-sidecar/glance-sidecar/worker"
+)
+
+func main() {
+	cloud := flag.String("cloud", "sidecar", "clouds.yaml cloud")
+	cloudsFile := flag.String("clouds-file", "", "clouds.yaml path")
+	runs := flag.Int("runs", 3, "repetitions")
+	flag.Parse()
+	if err := run(context.Background(), *cloud, *cloudsFile, *runs, flag.Arg(0)); err != nil {
+		fmt.Fprintln(os.Stderr, "convertbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) error {
+	c, err := glanceclient.New(ctx, glanceclient.Options{Cloud: cloud, CloudsFile: cloudsFile, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp(filepath.Dir(path), "convertbench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	ws, err := worker.OpenWorkspace(worker.WorkspaceOptions{Dir: filepath.Join(work, "ws"), MaxBytes: 64 << 30})
+	if err != nil {
+		return err
+	}
+	defer ws.Close()
+	var created []string
+	defer func() {
+		for _, id := range created {
+			_ = c.Delete(context.WithoutCancel(ctx), id)
+		}
+	}()
+	upload := func(name, diskFormat, file string) (string, time.Duration, error) {
+		f, err := os.Open(file)
+		if err != nil {
+			return "", 0, err
+		}
+		defer f.Close()
+		st, err := f.Stat()
+		if err != nil {
+			return "", 0, err
+		}
+		img, err := c.Create(ctx, glanceclient.CreateOptions{Name: name, DiskFormat: diskFormat, ContainerFormat: "bare"})
+		if err != nil {
+			return "", 0, err
+		}
+		created = append(created, img.ID)
+		start := time.Now()
+		err = c.Upload(ctx, img.ID, f, st.Size())
+		return img.ID, time.Since(start), err
+	}
+
+	var job, dl, conv, up, sum []time.Duration
+	for i := range runs {
+		orig, _, err := upload(fmt.Sprintf("convertbench-%d", i), "qcow2", path)
+		if err != nil {
+			return err
+		}
+		opts := worker.JobOptions{Properties: worker.PropertyOptions{Version: "bench"}, Logger: slog.New(slog.DiscardHandler),
+			Convert: worker.ConvertOptions{Target: inspect.Raw, Workspace: ws}}
+		if err := opts.Convert.Validate(); err != nil {
+			return err
+		}
+		start := time.Now()
+		res, err := worker.Job(ctx, c, orig, opts)
+		if err != nil {
+			return err
+		}
+		job = append(job, time.Since(start))
+		if res.Outcome != worker.OutcomeConverted {
+			return fmt.Errorf("job outcome %s (%s)", res.Outcome, res.Reason)
+		}
+		created = append(created, res.Converted)
+
+		// The baseline, stage by stage.
+		img, err := c.Get(ctx, orig)
+		if err != nil {
+			return err
+		}
+		src, dst := filepath.Join(work, "src.qcow2"), filepath.Join(work, "dst.raw")
+		start = time.Now()
+		f, err := os.Create(src)
+		if err != nil {
+			return err
+		}
+		_, err = c.Download(ctx, img, f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		dl = append(dl, time.Since(start))
+		start = time.Now()
+		if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", src, dst).CombinedOutput(); err != nil {
+			return fmt.Errorf("qemu-img convert: %v: %s", err, out)
+		}
+		conv = append(conv, time.Since(start))
+		_, d, err := upload(fmt.Sprintf("convertbench-%d-baseline", i), "raw", dst)
+		if err != nil {
+			return err
+		}
+		up = append(up, d)
+		sum = append(sum, dl[i]+conv[i]+up[i])
+		fmt.Printf("run %d: job %v; sequential %v = download %v + convert %v + upload %v\n", i+1,
+			job[i].Round(time.Millisecond), sum[i].Round(time.Millisecond), dl[i].Round(time.Millisecond),
+			conv[i].Round(time.Millisecond), up[i].Round(time.Millisecond))
+		_ = os.Remove(src)
+		_ = os.Remove(dst)
+	}
+	m := func(d []time.Duration) time.Duration {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	fmt.Printf("median of %d: job %v; download %v, convert %v, upload %v, sequential sum %v\n", runs,
+		m(job).Round(time.Millisecond), m(dl).Round(time.Millisecond), m(conv).Round(time.Millisecond),
+		m(up).Round(time.Millisecond), m(sum).Round(time.Millisecond))
+	fmt.Printf("job / upload alone = %.2f (target <= 1.2); job / sequential sum = %.2f\n",
+		float64(m(job))/float64(m(up)), float64(m(job))/float64(m(sum)))
+	return nil
+}
