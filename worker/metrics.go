@@ -17,17 +17,17 @@ type Metrics struct {
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "glance_sidecar_jobs_total", Help: "Jobs by outcome (inspected, unsafe, skipped, failed, error).",
+			Name: "glance_sidecar_jobs_total", Help: "Jobs by outcome (inspected, unsafe, converted, skipped, failed, error).",
 		}, []string{"outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "glance_sidecar_job_stage_seconds", Help: "Time spent per job stage (wait, inspect, write).",
+			Name: "glance_sidecar_job_stage_seconds", Help: "Time spent per job stage (wait, inspect, write; download, convert, upload for conversions, convert alone when the stages overlap).",
 			Buckets: prometheus.ExponentialBuckets(0.005, 4, 9),
 		}, []string{"stage"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "glance_sidecar_image_bytes_read_total", Help: "Image data read from Glance, by mode (range, stream).",
 		}, []string{"mode"}),
 	}
-	for _, outcome := range []Outcome{OutcomeInspected, OutcomeUnsafe, OutcomeSkipped, OutcomeFailed, "error"} {
+	for _, outcome := range []Outcome{OutcomeInspected, OutcomeUnsafe, OutcomeConverted, OutcomeSkipped, OutcomeFailed, "error"} {
 		m.jobs.WithLabelValues(string(outcome)).Add(0)
 	}
 	for _, mode := range []string{"range", "stream"} {

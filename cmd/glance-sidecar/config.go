@@ -237,7 +237,7 @@ func writeSample(w io.Writer) error {
 		"# (--section-key) and environment variables (GLANCE_SIDECAR_SECTION_KEY) override this file.\n" +
 		"# Options marked secret may instead be read from a file named by <key>_file.\n")
 	section := ""
-	for _, sec := range []string{"DEFAULT", "glance", "amqp", "webhook", "workspace", "inspect", "convert"} {
+	for _, sec := range sampleSections {
 		for _, o := range options {
 			if o.section != sec {
 				continue
@@ -257,6 +257,34 @@ func writeSample(w io.Writer) error {
 	return err
 }
 
+// writeOptionsTable writes every option as a Markdown table, section by section: the README's
+// configuration reference (a test keeps it equal to this).
+func writeOptionsTable(w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("| section | option | default | flag (`GLANCE_SIDECAR_…` variable) | meaning |\n| --- | --- | --- | --- | --- |\n")
+	for _, sec := range sampleSections {
+		for _, o := range options {
+			if o.section != sec {
+				continue
+			}
+			def := sampleValue(o.def)
+			if def == "" {
+				def = "(empty)"
+			}
+			help := o.help
+			if o.secret {
+				help += " Secret: may be read from the file named by `" + o.key + "_file`."
+			}
+			fmt.Fprintf(&b, "| `[%s]` | `%s` | `%s` | `--%s` | %s |\n", sec, o.key, def, o.flag(), strings.ReplaceAll(help, "|", "\\|"))
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// sampleSections orders the sections in the sample file and the table.
+var sampleSections = []string{"DEFAULT", "glance", "amqp", "webhook", "workspace", "inspect", "convert"}
+
 func sampleValue(v any) string {
 	switch v := v.(type) {
 	case []string:
@@ -272,6 +300,12 @@ func configCommand() *cli.Command {
 		Name:  "config",
 		Usage: "configuration helpers",
 		Subcommands: []*cli.Command{{
+			Name:  "table",
+			Usage: "print every option as a Markdown table (the README's configuration reference)",
+			Action: func(c *cli.Context) error {
+				return writeOptionsTable(c.App.Writer)
+			},
+		}, {
 			Name:  "sample",
 			Usage: "print every option with its default and help, as an INI file",
 			Action: func(c *cli.Context) error {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -143,5 +144,58 @@ func TestSettingsReportEveryError(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}
+	}
+}
+
+// TestReadmeOptionsInSync keeps the README's configuration table equal to `config table`.
+func TestReadmeOptionsInSync(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, after, ok1 := strings.Cut(string(readme), "<!-- options:begin -->\n")
+	got, _, ok2 := strings.Cut(after, "<!-- options:end -->")
+	if !ok1 || !ok2 {
+		t.Fatal("README.md lacks the <!-- options:begin --> … <!-- options:end --> markers")
+	}
+	var want bytes.Buffer
+	if err := writeOptionsTable(&want); err != nil {
+		t.Fatal(err)
+	}
+	if got != want.String() {
+		t.Fatal("README.md's configuration table is stale: replace it with `go run ./cmd/glance-sidecar config table`")
+	}
+}
+
+// TestReadmeMetrics checks that the README names every metric the code registers.
+func TestReadmeMetrics(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := regexp.MustCompile(`Name:\s*"(glance_sidecar_[a-z_]+)"`)
+	files, err := filepath.Glob("../../*/*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, _ := filepath.Glob("../../*/*/*.go")
+	found := 0
+	for _, f := range append(files, more...) {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range name.FindAllStringSubmatch(string(src), -1) {
+			found++
+			if !strings.Contains(string(readme), "`"+m[1]+"`") {
+				t.Errorf("%s registers %s, which README.md does not list", f, m[1])
+			}
+		}
+	}
+	if found < 10 {
+		t.Fatalf("found only %d metric names in the sources: is the pattern stale?", found)
 	}
 }
