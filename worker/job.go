@@ -13,9 +13,13 @@ import (
 	"github.com/glance-sidecar/glance-sidecar/inspect"
 )
 
-// OutcomeSkipped is a job that decided the image is not its to look at, or already looked at.
-// It is not written to the image.
-const OutcomeSkipped Outcome = "skipped"
+// Outcomes of a job that are not written to the image.
+const (
+	// OutcomeSkipped is a job that decided the image is not its to look at, or already looked at.
+	OutcomeSkipped Outcome = "skipped"
+	// OutcomeWouldInspect is a dry run's answer for an image a job would inspect.
+	OutcomeWouldInspect Outcome = "would_inspect"
+)
 
 // JobOptions configure Job.
 type JobOptions struct {
@@ -36,6 +40,10 @@ type JobOptions struct {
 	Force bool
 	// Convert turns on conversion of safe images into a target format (zero: off).
 	Convert ConvertOptions
+	// DryRun decides and stops there: the job reads the image once (it does not wait for an
+	// upload to finish), skips it for the reason a real job would, or answers
+	// OutcomeWouldInspect; it reads no data and writes nothing.
+	DryRun bool
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 	// Logger gets one line per job (default slog.Default()).
@@ -102,7 +110,7 @@ func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions
 		return res, nil
 	}
 	t := time.Now()
-	img, err := c.WaitActive(ctx, id, opts.Wait)
+	img, err := activeImage(ctx, c, id, opts)
 	opts.Metrics.stage("wait", t)
 	switch {
 	case errors.Is(err, glanceclient.ErrNotFound):
@@ -114,6 +122,10 @@ func job(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions
 	}
 	if reason := skipReason(img, opts); reason != "" {
 		return skip(reason)
+	}
+	if opts.DryRun {
+		res.Outcome = OutcomeWouldInspect
+		return res, nil
 	}
 
 	t = time.Now()
@@ -171,6 +183,19 @@ func convertJob(ctx context.Context, c *glanceclient.Client, img *glanceclient.I
 		return res, nil
 	}
 	return res, fmt.Errorf("conversion: %w", err)
+}
+
+// activeImage waits until the image is active; a dry run, which must not block on an upload in
+// progress, looks once instead.
+func activeImage(ctx context.Context, c *glanceclient.Client, id string, opts JobOptions) (*glanceclient.Image, error) {
+	if !opts.DryRun {
+		return c.WaitActive(ctx, id, opts.Wait)
+	}
+	img, err := c.Get(ctx, id)
+	if err == nil && img.Status != "active" {
+		err = fmt.Errorf("image %s is %s: %w", id, img.Status, glanceclient.ErrNotActive)
+	}
+	return img, err
 }
 
 // skipReason says why the job leaves an active image alone, or "".

@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +31,12 @@ type rbdLikeGlance struct {
 	full  int // full downloads served
 	patch []map[string]any
 	hold  chan struct{} // when set, full downloads wait for it (or for the client to leave)
+	lists []url.Values  // the queries of image listings
+	// listFails makes listings answer 500.
+	listFails bool
+	// patchConflicts makes the next PATCHes answer 409, as Glance does to a replace of a
+	// property a concurrent update removed.
+	patchConflicts int
 }
 
 func newRBDLikeGlance(t *testing.T, data []byte, diskFormat string) *rbdLikeGlance {
@@ -55,9 +63,26 @@ func (g *rbdLikeGlance) serve(w http.ResponseWriter, r *http.Request) {
 "catalog":[{"type":"image","name":"glance","id":"s","endpoints":[{"id":"e","interface":"public","region":"RegionOne","region_id":"RegionOne","url":"%s"}]}]}}`, g.srv.URL)
 	case r.URL.Path == "/":
 		fmt.Fprintf(w, `{"versions":[{"id":"v2.15","status":"CURRENT","links":[{"rel":"self","href":"%s/v2/"}]}]}`, g.srv.URL)
+	case r.URL.Path == "/v2/images" && r.Method == http.MethodGet:
+		// The image is listed with os_hidden=true when it is hidden, and without otherwise.
+		g.lists = append(g.lists, r.URL.Query())
+		if g.listFails {
+			http.Error(w, "database is locked", http.StatusInternalServerError)
+			return
+		}
+		images := []any{}
+		if fmt.Sprint(g.img["os_hidden"]) == strconv.FormatBool(r.URL.Query().Get("os_hidden") == "true") {
+			images = append(images, g.img)
+		}
+		json.NewEncoder(w).Encode(map[string]any{"images": images})
 	case r.URL.Path == "/v2/images/img" && r.Method == http.MethodGet:
 		json.NewEncoder(w).Encode(g.img)
 	case r.URL.Path == "/v2/images/img" && r.Method == http.MethodPatch:
+		if g.patchConflicts > 0 {
+			g.patchConflicts--
+			http.Error(w, "conflict", http.StatusConflict)
+			return
+		}
 		var ops []map[string]any
 		json.NewDecoder(r.Body).Decode(&ops)
 		g.patch = append(g.patch, ops...)
@@ -177,5 +202,60 @@ func TestSkipReason(t *testing.T) {
 		if got := skipReason(tt.img, tt.opts); got != tt.want {
 			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
 		}
+	}
+}
+
+// TestJobDryRun decides as a job would, from the same skip decision, and changes nothing.
+func TestJobDryRun(t *testing.T) {
+	g := newRBDLikeGlance(t, qcow2Bytes(t), "qcow2")
+	c := g.client(t)
+	opts := JobOptions{Logger: slog.New(slog.DiscardHandler), Properties: PropertyOptions{Version: "v1"}, DryRun: true}
+	tests := []struct {
+		name    string
+		set     map[string]any
+		force   bool
+		outcome Outcome
+		reason  string
+	}{
+		{"never looked at", nil, false, OutcomeWouldInspect, ""},
+		{"not bare", map[string]any{"container_format": "ova"}, false, OutcomeSkipped, "container format ova is not bare"},
+		{"still uploading: no wait", map[string]any{"status": "saving"}, false, OutcomeSkipped, "image is saving"},
+		{"deactivated", map[string]any{"status": "deactivated"}, false, OutcomeSkipped, "image is deactivated"},
+		{"current", map[string]any{"sidecar_status": "inspected", "sidecar_version": "v1", "sidecar_checked_hash": "sha512:" + g.img["os_hash_value"].(string)}, false, OutcomeSkipped, "outcome is current"},
+		{"current, forced", nil, true, OutcomeWouldInspect, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g.mu.Lock()
+			saved := map[string]any{}
+			for k, v := range tt.set {
+				saved[k] = g.img[k]
+				g.img[k] = v
+			}
+			g.mu.Unlock()
+			defer func() {
+				g.mu.Lock()
+				for k, v := range saved {
+					if v == nil {
+						delete(g.img, k)
+					} else {
+						g.img[k] = v
+					}
+				}
+				g.mu.Unlock()
+			}()
+			o := opts
+			o.Force = tt.force
+			o.Wait = glanceclient.WaitOptions{Timeout: time.Minute}
+			res, err := Job(t.Context(), c, "img", o)
+			if err != nil || res.Outcome != tt.outcome || res.Reason != tt.reason || res.BytesRead != 0 {
+				t.Fatalf("result %+v, %v; want %s %q", res, err, tt.outcome, tt.reason)
+			}
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			if len(g.patch) != 0 || g.full != 0 {
+				t.Fatalf("a dry run wrote %d patches and read %d times", len(g.patch), g.full)
+			}
+		})
 	}
 }

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -65,19 +66,7 @@ func TestPoolDeleteCancels(t *testing.T) {
 	pool := NewPool(g.client(t), 1, JobOptions{Logger: slog.New(slog.DiscardHandler)})
 	done := make(chan error, 1)
 	go func() { _, err := pool.Process(t.Context(), "img", "image.upload"); done <- err }()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		g.mu.Lock()
-		started := g.full == 1
-		g.mu.Unlock()
-		if started {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the job never started downloading")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	g.waitDownloading(t)
 	if res, err := pool.Process(t.Context(), "img", "image.delete"); err != nil || res.Reason != "image deleted" {
 		t.Fatalf("delete event: %+v %v", res, err)
 	}
@@ -88,5 +77,93 @@ func TestPoolDeleteCancels(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the job was not cancelled")
+	}
+}
+
+// TestPoolProcessAll stops starting jobs when its context ends, and gives the job in flight its
+// grace: cut short with none, finished with enough.
+func TestPoolProcessAll(t *testing.T) {
+	data := qcow2Bytes(t)
+	for _, tt := range []struct {
+		name  string
+		grace time.Duration
+		want  Outcome
+	}{
+		{"no grace", 0, ""},
+		{"grace", time.Minute, OutcomeInspected},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := newRBDLikeGlance(t, data, "qcow2")
+			g.hold = make(chan struct{})
+			pool := NewPool(g.client(t), 1, JobOptions{Logger: slog.New(slog.DiscardHandler)})
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			var mu sync.Mutex
+			var results []Result
+			var errs []error
+			started := make(chan int, 1)
+			go func() {
+				started <- pool.ProcessAll(ctx, []string{"img", "gone-1", "gone-2"}, Batch{EventType: "reprocess", Grace: tt.grace}, func(r Result, err error, _ time.Duration) {
+					mu.Lock()
+					defer mu.Unlock()
+					results, errs = append(results, r), append(errs, err)
+				})
+			}()
+			g.waitDownloading(t)
+			cancel()
+			if tt.grace > 0 {
+				close(g.hold)
+			} else {
+				defer close(g.hold)
+			}
+			if n := <-started; n != 1 {
+				t.Fatalf("%d jobs started, want 1", n)
+			}
+			if len(results) != 1 || results[0].ImageID != "img" || results[0].Outcome != tt.want || (errs[0] == nil) != (tt.want != "") {
+				t.Fatalf("results %+v, errors %v; want one, %q", results, errs, tt.want)
+			}
+		})
+	}
+}
+
+// TestPoolProcessAllRetries tries a failing job again, as many times as the batch says.
+func TestPoolProcessAllRetries(t *testing.T) {
+	data := qcow2Bytes(t)
+	for _, tt := range []struct {
+		attempts, conflicts int
+		want                Outcome
+	}{
+		{1, 1, ""},
+		{2, 1, OutcomeInspected},
+		{3, 2, OutcomeInspected},
+		{3, 3, ""},
+	} {
+		g := newRBDLikeGlance(t, data, "qcow2")
+		g.patchConflicts = tt.conflicts
+		pool := NewPool(g.client(t), 1, JobOptions{Logger: slog.New(slog.DiscardHandler)})
+		var got Result
+		var err error
+		pool.ProcessAll(t.Context(), []string{"img"}, Batch{Attempts: tt.attempts, RetryDelay: time.Millisecond}, func(r Result, e error, _ time.Duration) {
+			got, err = r, e
+		})
+		if got.Outcome != tt.want || (err == nil) != (tt.want != "") {
+			t.Errorf("%d attempts, %d conflicts: %+v, %v; want %q", tt.attempts, tt.conflicts, got, err, tt.want)
+		}
+	}
+}
+
+// waitDownloading waits until a job has started the image's one full download.
+func (g *rbdLikeGlance) waitDownloading(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		g.mu.Lock()
+		started := g.full == 1
+		g.mu.Unlock()
+		if started {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the job never started downloading")
+		}
 	}
 }

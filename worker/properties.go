@@ -3,7 +3,9 @@
 // store refuses ranges), and write what was found back to the image as properties.
 //
 // Start with [Properties], which maps an inspection report to the image properties operators
-// and Nova read, and [Job], which runs the whole job for one image against a [Glance].
+// and Nova read, and [Job], which runs the whole job for one image against a [Glance]. A [Pool]
+// runs jobs for events and batches ([Pool.ProcessAll]); a [Reconciler] finds the images whose
+// events never arrived; a [Census] counts what the sidecar recorded on a set of images.
 package worker
 
 import (

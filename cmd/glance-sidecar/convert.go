@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -230,16 +229,6 @@ func lookupFlag(cmd *cli.Command, name string) cli.Flag {
 		}
 	}
 	return nil
-}
-
-// isTerminal reports whether w is a character device, the way a terminal shows itself to Stat.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // progressBar draws the conversion's progress on one terminal line: a bar, the percentage and

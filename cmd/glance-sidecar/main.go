@@ -64,6 +64,8 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		ExitErrHandler: func(*cli.Context, error) {},
 		Commands: []*cli.Command{
 			serveCommand(),
+			reprocessCommand(),
+			reportCommand(),
 			inspectCommand(),
 			convertCommand(),
 			configCommand(),

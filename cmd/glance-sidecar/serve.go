@@ -47,19 +47,13 @@ func runServe(c *cli.Context) error {
 	}, []string{"source", "type", "result"})
 	reg.MustRegister(events)
 
-	ws, err := worker.OpenWorkspace(set.workspace)
+	ws, err := set.openWorkspace(set.workspace.Dir)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("workspace: %v", err), exitUsage)
+		return cli.Exit(err.Error(), exitUsage)
 	}
 	defer ws.Close()
 	if err := ws.RegisterMetrics(reg); err != nil {
 		return cli.Exit(fmt.Sprintf("metrics: %v", err), 1)
-	}
-	if set.job.Convert.Target != "" {
-		set.job.Convert.Workspace = ws
-		if err := set.job.Convert.Validate(); err != nil {
-			return cli.Exit(fmt.Sprintf("configuration: %v", err), exitUsage)
-		}
 	}
 
 	gc, err := newGlanceClient(ctx, c, log, reg)
@@ -157,6 +151,13 @@ func runServe(c *cli.Context) error {
 	}
 	if source == nil && srv == nil {
 		return cli.Exit("nothing to serve: set [amqp] transport_url or [webhook] listen", exitUsage)
+	}
+	if d := c.Duration("reconcile-interval"); d > 0 {
+		rec, err := worker.NewReconciler(pool, worker.ReconcileOptions{Interval: d, Logger: log, Registerer: reg})
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("reconcile: %v", err), 1)
+		}
+		wg.Go(func() { rec.Run(ctx) })
 	}
 	log.Info("glance-sidecar serving", "version", buildVersion(), "pid", os.Getpid())
 

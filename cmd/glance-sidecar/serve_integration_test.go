@@ -94,17 +94,23 @@ func uploadQCOW2(t *testing.T, c *glanceclient.Client, args ...string) string {
 
 func waitStatus(t *testing.T, c *glanceclient.Client, id, want string) *glanceclient.Image {
 	t.Helper()
+	return waitProperty(t, c, id, "sidecar_status", want)
+}
+
+// waitProperty waits until the image's property key has the value want.
+func waitProperty(t *testing.T, c *glanceclient.Client, id, key, want string) *glanceclient.Image {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		img, err := c.Get(t.Context(), id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if img.Properties["sidecar_status"] == want {
+		if img.Properties[key] == want {
 			return img
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("image %s: sidecar_status %q, want %q; properties %v", id, img.Properties["sidecar_status"], want, img.Properties)
+			t.Fatalf("image %s: %s %q, want %q; properties %v", id, key, img.Properties[key], want, img.Properties)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -116,7 +122,9 @@ func TestIntegrationServe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	glance := []string{"--glance-cloud", "sidecar", "--glance-clouds-file", env["GSC_CLOUDS_YAML"], "--log-level", "warn"}
+	// No reconcile pass: it would look at every recent image of the shared cloud, not only
+	// this test's (reprocess_integration_test.go tests it, filtered by owner).
+	glance := []string{"--glance-cloud", "sidecar", "--glance-clouds-file", env["GSC_CLOUDS_YAML"], "--log-level", "warn", "--reconcile-interval", "0"}
 
 	t.Run("from RabbitMQ", func(t *testing.T) {
 		b := make([]byte, 4)

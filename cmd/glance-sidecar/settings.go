@@ -123,3 +123,22 @@ func newGlanceClient(ctx context.Context, c *cli.Context, log *slog.Logger, reg 
 		UserAgent: "glance-sidecar/" + buildVersion(), Logger: log, Registerer: reg,
 	})
 }
+
+// openWorkspace opens (locks and sweeps) the workspace at dir with the configured limits and,
+// when conversion is on, hands it to the job and validates the conversion options.
+func (s *settings) openWorkspace(dir string) (*worker.Workspace, error) {
+	opts := s.workspace
+	opts.Dir = dir
+	ws, err := worker.OpenWorkspace(opts)
+	if err != nil {
+		return nil, fmt.Errorf("workspace: %w", err)
+	}
+	if s.job.Convert.Target != "" {
+		s.job.Convert.Workspace = ws
+		if err := s.job.Convert.Validate(); err != nil {
+			ws.Close()
+			return nil, fmt.Errorf("configuration: %w", err)
+		}
+	}
+	return ws, nil
+}
