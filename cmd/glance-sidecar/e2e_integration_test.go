@@ -48,7 +48,10 @@ func newCloud(t *testing.T) *cloud {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &cloud{env: env, c: c, flags: []string{"--glance-cloud", "sidecar", "--glance-clouds-file", env["GSC_CLOUDS_YAML"]}}
+	// No reconcile pass unless a test asks for one: it would look at every recent image of the
+	// shared cloud, not only the test's.
+	return &cloud{env: env, c: c, flags: []string{"--glance-cloud", "sidecar", "--glance-clouds-file", env["GSC_CLOUDS_YAML"],
+		"--reconcile-interval", "0"}}
 }
 
 // queue names a fresh sidecar queue, deleted when the test ends.

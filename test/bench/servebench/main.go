@@ -42,7 +42,9 @@ func main() {
 	metrics := fs.String("metrics", "", "serve's /metrics URL")
 	runs := fs.Int("runs", 5, "repetitions per file (latency)")
 	n := fs.Int("n", 100, "images (burst)")
+	owner := fs.String("owner", "", "project owning the uploaded images (serve filters on it)")
 	_ = fs.Parse(os.Args[2:])
+	benchOwner = *owner
 	ctx := context.Background()
 	c, err := glanceclient.New(ctx, glanceclient.Options{Cloud: *cloud, CloudsFile: *cloudsFile, Logger: slog.New(slog.DiscardHandler)})
 	if err == nil {
@@ -61,6 +63,9 @@ func main() {
 	}
 }
 
+// benchOwner owns the images uploaded, so that a serve filtered on it sees only them.
+var benchOwner string
+
 // upload creates a qcow2 image and uploads path into it; it returns the id and when the upload
 // call returned.
 func upload(ctx context.Context, c *glanceclient.Client, path string) (string, time.Time, error) {
@@ -73,7 +78,7 @@ func upload(ctx context.Context, c *glanceclient.Client, path string) (string, t
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	img, err := c.Create(ctx, glanceclient.CreateOptions{Name: "servebench-" + filepath.Base(path), DiskFormat: "qcow2", ContainerFormat: "bare"})
+	img, err := c.Create(ctx, glanceclient.CreateOptions{Name: "servebench-" + filepath.Base(path), DiskFormat: "qcow2", ContainerFormat: "bare", Owner: benchOwner})
 	if err != nil {
 		return "", time.Time{}, err
 	}
