@@ -7,10 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/glance-sidecar/glance-sidecar/inspect"
+	"github.com/glance-sidecar/glance-sidecar/internal/qemutest"
 )
 
 // This file holds what the tests share: the tools they need, images made by the real qemu-img
@@ -40,13 +40,7 @@ func need(t testing.TB, name string) {
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	need(t, name)
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
+	return qemutest.Run(t, name, args...)
 }
 
 // createOpts are the qemu-img create options of each source format.

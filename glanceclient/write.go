@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 
 	"github.com/gophercloud/gophercloud/v2"
@@ -92,6 +93,20 @@ func (c *Client) Upload(ctx context.Context, id string, data io.ReaderAt, size i
 		return err
 	})
 	return classify(err, "uploading %d bytes to image %s", size, id)
+}
+
+// UploadFile uploads the file at path as the image's data, as Upload does, and returns its size.
+func (c *Client) UploadFile(ctx context.Context, id, path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), c.Upload(ctx, id, f, st.Size())
 }
 
 // UploadStream sends size bytes read from r as the image's data, in one request: for data that

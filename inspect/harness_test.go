@@ -7,36 +7,23 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
-	"strings"
 	"sync/atomic"
 	"testing"
 
 	"github.com/glance-sidecar/glance-sidecar/inspect"
+	"github.com/glance-sidecar/glance-sidecar/internal/qemutest"
 )
 
 // This file holds what every format test shares: building fixtures with the real qemu-img,
 // asking qemu-img what it thinks of them, and inspecting a file through every way in while
 // checking that all of them agree.
 
-// run runs a command with LC_ALL=C and fails the test if it fails. qemu-img is run again when
-// it fails to time a LUKS key derivation ("Unable to get accurate CPU usage"), which happens
-// on a loaded machine when the thread's CPU clock did not move while qemu measured it.
+// run runs a command with LC_ALL=C and fails the test if it fails (see qemutest.Run).
 func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
-	for try := 1; ; try++ {
-		cmd := exec.Command(name, args...)
-		cmd.Env = append(os.Environ(), "LC_ALL=C", "LANG=C")
-		out, err := cmd.CombinedOutput()
-		if err == nil {
-			return string(out)
-		}
-		if try == 10 || !strings.Contains(string(out), qemuTimingFlake) {
-			t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-	}
+	return qemutest.Run(t, name, args...)
 }
 
 // qemuCreate makes an image with `qemu-img create -f fmt [-o opts] path size` in a temporary
@@ -256,9 +243,6 @@ func wantCodes(t testing.TB, r *inspect.Report, codes ...inspect.Code) {
 		t.Fatalf("problems %v, want codes %v", r.Problems, codes)
 	}
 }
-
-// qemuTimingFlake is what qemu-img says when it fails to time a LUKS key derivation.
-const qemuTimingFlake = "Unable to get accurate CPU usage"
 
 // fixture is an image made by qemu-img at test time, and what inspection must say of it.
 type fixture struct {

@@ -276,20 +276,12 @@ func convertImage(ctx context.Context, c *glanceclient.Client, img *glanceclient
 	}
 
 	t = time.Now()
-	f, err := os.Open(out)
+	n, err := c.UploadFile(ctx, id, out)
 	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
-	if err := c.Upload(ctx, id, f, st.Size()); err != nil {
 		return "", fmt.Errorf("uploading the converted image %s: %w", id, err)
 	}
 	opts.Metrics.stage("upload", t)
-	return id, checkUploaded(ctx, c, id, st.Size())
+	return id, checkUploaded(ctx, c, id, n)
 }
 
 // checkUploaded makes sure Glance has the whole converted image.

@@ -58,18 +58,12 @@ func image(t *testing.T, c *glanceclient.Client, diskFormat string, data []byte,
 			t.Fatalf("%v: %v\n%s", args, err, out)
 		}
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
 	id := uuid(t)
 	if _, err := c.Create(t.Context(), glanceclient.CreateOptions{ID: id, Name: t.Name(), DiskFormat: diskFormat, ContainerFormat: "bare"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Delete(t.Context(), id) })
-	if err := c.Upload(t.Context(), id, f, st.Size()); err != nil {
+	if _, err := c.UploadFile(t.Context(), id, path); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.WaitActive(t.Context(), id, glanceclient.WaitOptions{Timeout: time.Minute}); err != nil {

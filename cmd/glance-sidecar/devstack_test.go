@@ -125,15 +125,6 @@ func devstackGet(t *testing.T, url string) (int, string) {
 // devstackUpload creates an image declared as diskFormat with file's bytes, deleted at the end.
 func devstackUpload(t *testing.T, c *glanceclient.Client, file, diskFormat string) string {
 	t.Helper()
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
 	img, err := c.Create(t.Context(), glanceclient.CreateOptions{Name: "gsc-devstack-" + diskFormat, DiskFormat: diskFormat, ContainerFormat: "bare"})
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +138,7 @@ func devstackUpload(t *testing.T, c *glanceclient.Client, file, diskFormat strin
 			}
 		}
 	})
-	if err := c.Upload(t.Context(), img.ID, f, st.Size()); err != nil {
+	if _, err := c.UploadFile(t.Context(), img.ID, file); err != nil {
 		t.Fatal(err)
 	}
 	return img.ID

@@ -99,19 +99,13 @@ func (cl *cloud) checkConverted(t *testing.T, orig, path, from string, to inspec
 // conversion must carry over.
 func (cl *cloud) uploadWithMetadata(t *testing.T, path, diskFormat string) string {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
 	img, err := cl.c.Create(t.Context(), glanceclient.CreateOptions{Name: "e2e-convert-" + filepath.Base(path), DiskFormat: diskFormat,
 		ContainerFormat: "bare", Tags: []string{"e2e-tag"}, MinDisk: 1, MinRAM: 64, Properties: map[string]string{"os_distro": "debian"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cl.c.Delete(context.Background(), img.ID) })
-	if err := cl.c.Upload(t.Context(), img.ID, f, st.Size()); err != nil {
+	if _, err := cl.c.UploadFile(t.Context(), img.ID, path); err != nil {
 		t.Fatal(err)
 	}
 	return img.ID

@@ -100,22 +100,13 @@ func (cl *cloud) upload(t testing.TB, path, diskFormat string, props map[string]
 // tryUpload is upload for other goroutines than the test's: it reports errors. The image is
 // deleted when the test ends.
 func (cl *cloud) tryUpload(t testing.TB, path, diskFormat string, props map[string]string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
 	ctx := context.Background()
 	img, err := cl.c.Create(ctx, glanceclient.CreateOptions{Name: "e2e-" + filepath.Base(path), DiskFormat: diskFormat, ContainerFormat: "bare", Properties: props})
 	if err != nil {
 		return "", err
 	}
 	t.Cleanup(func() { _ = cl.c.Delete(context.Background(), img.ID) })
-	if err := cl.c.Upload(ctx, img.ID, f, st.Size()); err != nil {
+	if _, err := cl.c.UploadFile(ctx, img.ID, path); err != nil {
 		return "", fmt.Errorf("uploading %s: %w", img.ID, err)
 	}
 	return img.ID, nil

@@ -75,18 +75,12 @@ func uploadQCOW2(t *testing.T, c *glanceclient.Client, args ...string) string {
 	if out, err := exec.Command("qemu-img", append(append([]string{"create", "-q", "-f", "qcow2"}, args...), path, "1G")...).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v %s", err, out)
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, _ := f.Stat()
 	img, err := c.Create(t.Context(), glanceclient.CreateOptions{Name: t.Name(), DiskFormat: "qcow2", ContainerFormat: "bare"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Delete(context.Background(), img.ID) })
-	if err := c.Upload(t.Context(), img.ID, f, st.Size()); err != nil {
+	if _, err := c.UploadFile(t.Context(), img.ID, path); err != nil {
 		t.Fatal(err)
 	}
 	return img.ID

@@ -136,15 +136,6 @@ func makeFiles(ctx context.Context, dir string) (map[Kind]string, error) {
 // upload creates and uploads one image and waits until it is active. It returns the image's id
 // once it is created, even when a later step fails.
 func upload(ctx context.Context, c *glanceclient.Client, path, name string, kind Kind, owner string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", err
-	}
 	declared := "qcow2"
 	if kind == Mismatched {
 		declared = "raw"
@@ -153,7 +144,7 @@ func upload(ctx context.Context, c *glanceclient.Client, path, name string, kind
 	if err != nil {
 		return "", fmt.Errorf("creating %s: %w", name, err)
 	}
-	uerr := c.Upload(ctx, img.ID, f, st.Size())
+	_, uerr := c.UploadFile(ctx, img.ID, path)
 	// An upload retried after a 5xx (Glance on SQLite answers "database is locked" under load)
 	// may find the first try went through: 409, "saving to saving". Active is active.
 	if _, err := c.WaitActive(ctx, img.ID, glanceclient.WaitOptions{Timeout: time.Minute}); err != nil {

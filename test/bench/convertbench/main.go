@@ -59,22 +59,13 @@ func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) e
 		}
 	}()
 	upload := func(name, diskFormat, file string) (string, time.Duration, error) {
-		f, err := os.Open(file)
-		if err != nil {
-			return "", 0, err
-		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil {
-			return "", 0, err
-		}
 		img, err := c.Create(ctx, glanceclient.CreateOptions{Name: name, DiskFormat: diskFormat, ContainerFormat: "bare"})
 		if err != nil {
 			return "", 0, err
 		}
 		created = append(created, img.ID)
 		start := time.Now()
-		err = c.Upload(ctx, img.ID, f, st.Size())
+		_, err = c.UploadFile(ctx, img.ID, file)
 		return img.ID, time.Since(start), err
 	}
 

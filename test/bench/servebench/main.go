@@ -69,20 +69,11 @@ var benchOwner string
 // upload creates a qcow2 image and uploads path into it; it returns the id and when the upload
 // call returned.
 func upload(ctx context.Context, c *glanceclient.Client, path string) (string, time.Time, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", time.Time{}, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", time.Time{}, err
-	}
 	img, err := c.Create(ctx, glanceclient.CreateOptions{Name: "servebench-" + filepath.Base(path), DiskFormat: "qcow2", ContainerFormat: "bare", Owner: benchOwner})
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	if err := c.Upload(ctx, img.ID, f, st.Size()); err != nil {
+	if _, err := c.UploadFile(ctx, img.ID, path); err != nil {
 		_ = c.Delete(ctx, img.ID)
 		return "", time.Time{}, err
 	}
