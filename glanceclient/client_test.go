@@ -273,6 +273,29 @@ func TestReauthenticatesOnExpiredToken(t *testing.T) {
 	}
 }
 
+// TestUploadStreamExpiredToken: a stream cannot be sent twice, so the token is renewed before it
+// starts: one PUT, with every byte.
+func TestUploadStreamExpiredToken(t *testing.T) {
+	f := newFakeCloud(t)
+	c := f.client(t)
+	if _, err := c.Create(t.Context(), CreateOptions{ID: "s", Name: "s", DiskFormat: "raw", ContainerFormat: "bare"}); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.valid = "token-2" // token-1, from New, has expired
+	f.mu.Unlock()
+	data := randomBytes(70000)
+	if err := c.UploadStream(t.Context(), "s", io.MultiReader(bytes.NewReader(data[:5]), bytes.NewReader(data[5:])), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.count("PUT /v2/images/s/file"); n != 1 {
+		t.Fatalf("%d PUTs of the stream, want 1", n)
+	}
+	if got := f.data["s"]; !bytes.Equal(got, data) {
+		t.Fatalf("stored %d bytes, want the %d sent", len(got), len(data))
+	}
+}
+
 func TestPatchProperties(t *testing.T) {
 	f := newFakeCloud(t)
 	f.addImage("p", []byte("x"), map[string]any{"sidecar_old": "1", "keep": "me", "a/b~c": "x"})

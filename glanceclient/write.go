@@ -2,6 +2,7 @@ package glanceclient
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/url"
@@ -82,17 +83,50 @@ func (c *Client) Create(ctx context.Context, opts CreateOptions) (*Image, error)
 // data is read through a fresh section reader on every try, so the retry after a 401 (token
 // expired, re-authenticated) and after a 5xx sends the whole image again.
 func (c *Client) Upload(ctx context.Context, id string, data io.ReaderAt, size int64) error {
+	reauthed := false
 	err := c.retry(ctx, "upload", func() error {
-		_, err := c.sc.Put(ctx, c.imageURL(id, "file"), io.NewSectionReader(data, 0, size), nil, &gophercloud.RequestOpts{
-			MoreHeaders: map[string]string{
-				"Content-Type":           "application/octet-stream",
-				"x-openstack-image-size": strconv.FormatInt(size, 10),
-			},
-			OkCodes: []int{http.StatusNoContent},
-		})
+		err := c.putData(ctx, id, io.NewSectionReader(data, 0, size), size)
+		if statusOf(err) == http.StatusUnauthorized && !reauthed {
+			// The token expired: renew it, and send the data again whole.
+			reauthed = true
+			if rerr := c.sc.ProviderClient.Reauthenticate(ctx, c.sc.ProviderClient.Token()); rerr != nil {
+				return errors.Join(err, rerr)
+			}
+			return c.putData(ctx, id, io.NewSectionReader(data, 0, size), size)
+		}
 		return err
 	})
 	return classify(err, "uploading %d bytes to image %s", size, id)
+}
+
+// putData sends one PUT of an image's data. It does not go through Gophercloud's request path,
+// which after re-authenticating sends the request again with the same body, possibly while the
+// first request still reads it; and it says the Content-Length, which Gophercloud cannot
+// (Glance's eventlet server reads chunked bodies at half the speed).
+func (c *Client) putData(ctx context.Context, id string, body io.Reader, size int64) error {
+	pc := c.sc.ProviderClient
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, c.imageURL(id, "file"), io.LimitReader(body, size))
+	if err != nil {
+		return err
+	}
+	req.ContentLength = size
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("x-openstack-image-size", strconv.FormatInt(size, 10))
+	req.Header.Set("User-Agent", pc.UserAgent.Join())
+	for k, v := range pc.AuthenticatedHeaders() {
+		req.Header.Set(k, v)
+	}
+	resp, err := pc.HTTPClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusNoContent {
+		return gophercloud.ErrUnexpectedResponseCode{Method: req.Method, URL: req.URL.String(), Expected: []int{http.StatusNoContent},
+			Actual: resp.StatusCode, Body: msg, ResponseHeader: resp.Header}
+	}
+	return nil
 }
 
 // UploadFile uploads the file at path as the image's data, as Upload does, and returns its size.
@@ -110,24 +144,16 @@ func (c *Client) UploadFile(ctx context.Context, id, path string) (int64, error)
 }
 
 // UploadStream sends size bytes read from r as the image's data, in one request: for data that
-// exists only as a stream (a conversion's output). It cannot retry, since r is read once; on any
-// failure, an r that ends early or fails included, Glance puts the image back to queued and the
-// caller starts again whole. Glance checks that it received size bytes.
+// exists only as a stream (a conversion's output). It cannot retry, since r is read once: a GET
+// of the image just before lets Gophercloud renew an expired token then (Keystone checks a token
+// when a request starts). On any failure, an r that ends early or fails included, Glance puts
+// the image back to queued and the caller starts again whole.
 func (c *Client) UploadStream(ctx context.Context, id string, r io.Reader, size int64) error {
-	_, err := c.sc.Put(ctx, c.imageURL(id, "file"), io.LimitReader(onceReader{r: r}, size), nil, &gophercloud.RequestOpts{
-		MoreHeaders: map[string]string{
-			"Content-Type":           "application/octet-stream",
-			"x-openstack-image-size": strconv.FormatInt(size, 10),
-		},
-		OkCodes: []int{http.StatusNoContent},
-	})
-	return classify(err, "uploading %d bytes to image %s as a stream", size, id)
+	if _, err := c.Get(ctx, id); err != nil {
+		return err
+	}
+	return classify(c.putData(ctx, id, r, size), "uploading %d bytes to image %s as a stream", size, id)
 }
-
-// onceReader is a stream that Gophercloud cannot rewind for a retry: it is not an io.Seeker.
-type onceReader struct{ r io.Reader }
-
-func (o onceReader) Read(p []byte) (int, error) { return o.r.Read(p) }
 
 // Deactivate makes an active image's data unavailable to non-admins (idempotent).
 func (c *Client) Deactivate(ctx context.Context, id string) error {

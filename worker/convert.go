@@ -198,8 +198,7 @@ func convertImage(ctx context.Context, c *glanceclient.Client, img *glanceclient
 
 	// The image may exist from an earlier attempt: finished (active), or waiting for its data.
 	dst, err := c.Get(ctx, id)
-	switch {
-	case errors.Is(err, glanceclient.ErrNotFound):
+	if errors.Is(err, glanceclient.ErrNotFound) {
 		props := copyProperties(img.Properties, p)
 		props[p+"converted_from"] = img.ID
 		dst, err = c.Create(ctx, glanceclient.CreateOptions{
@@ -208,21 +207,26 @@ func convertImage(ctx context.Context, c *glanceclient.Client, img *glanceclient
 			Tags: img.Tags, Properties: props,
 		})
 		if errors.Is(err, glanceclient.ErrConflict) {
-			// The id exists but cannot be seen: it was used and deleted, and Glance never
-			// gives a deleted id out again.
-			return "", permanent(fmt.Errorf("the converted image's id %s was used before and deleted", id))
+			// Created meanwhile (a retried create whose answer was lost, another sidecar),
+			// or used before and deleted: Glance never gives a deleted id out again.
+			dst, err = c.Get(ctx, id)
+			if errors.Is(err, glanceclient.ErrNotFound) {
+				return "", permanent(fmt.Errorf("the converted image's id %s was used before and deleted", id))
+			}
 		}
-		if err != nil {
-			return "", fmt.Errorf("creating the converted image: %w", err)
-		}
-	case err != nil:
-		return "", fmt.Errorf("looking for the converted image %s: %w", id, err)
+	}
+	if err != nil {
+		return "", fmt.Errorf("finding or creating the converted image %s: %w", id, err)
 	}
 	switch dst.Status {
 	case "active":
-		return id, nil
+		return id, verifyConverted(ctx, c, id, co.Target, rep)
 	case "queued":
 	case "saving", "uploading", "importing":
+		// An upload in flight, or one whose Glance process died: Glance never resets those.
+		if stale := co.Timeout + 10*time.Minute; !dst.UpdatedAt.IsZero() && time.Since(dst.UpdatedAt) > stale {
+			return "", permanent(fmt.Errorf("converted image %s has been %s since %s", id, dst.Status, dst.UpdatedAt.Format(time.RFC3339)))
+		}
 		return "", fmt.Errorf("converted image %s is %s (an earlier upload in flight)", id, dst.Status)
 	default:
 		return "", permanent(fmt.Errorf("converted image %s is %s", id, dst.Status))
@@ -242,7 +246,7 @@ func convertImage(ctx context.Context, c *glanceclient.Client, img *glanceclient
 			return "", fmt.Errorf("converting %s to raw: %w", rep.Format, err)
 		}
 		opts.Metrics.stage("convert", t)
-		return id, checkUploaded(ctx, c, id, rep.VirtualSize)
+		return id, verifyConverted(ctx, c, id, co.Target, rep)
 	}
 	need := size + convert.ExpectedSize(rep, co.Target)
 	lease, err := co.Workspace.Reserve(ctx, img.ID, need)
@@ -276,26 +280,48 @@ func convertImage(ctx context.Context, c *glanceclient.Client, img *glanceclient
 	}
 
 	t = time.Now()
-	n, err := c.UploadFile(ctx, id, out)
-	if err != nil {
+	if _, err := c.UploadFile(ctx, id, out); err != nil {
 		return "", fmt.Errorf("uploading the converted image %s: %w", id, err)
 	}
 	opts.Metrics.stage("upload", t)
-	return id, checkUploaded(ctx, c, id, n)
+	return id, verifyConverted(ctx, c, id, co.Target, rep)
 }
 
-// checkUploaded makes sure Glance has the whole converted image.
-func checkUploaded(ctx context.Context, c *glanceclient.Client, id string, size int64) error {
+// verifyConverted inspects the converted image as Glance has it, through a few ranged reads:
+// it must be active, of the target format, safe, and not smaller than the source (a raw image
+// exactly its virtual size). Whatever an earlier attempt left active is checked the same way
+// before the original is linked to it. A mismatch is permanent: nothing the job can redo fixes
+// an active image.
+func verifyConverted(ctx context.Context, c *glanceclient.Client, id string, target inspect.Format, src *inspect.Report) error {
 	img, err := c.Get(ctx, id)
 	if err != nil {
 		return fmt.Errorf("reading back the converted image: %w", err)
 	}
-	if img.Status != "active" || img.Size == nil || *img.Size != size {
-		got := int64(-1)
-		if img.Size != nil {
-			got = *img.Size
+	if img.Status != "active" || img.Size == nil {
+		return fmt.Errorf("converted image %s is %s", id, img.Status)
+	}
+	rr, err := c.OpenRange(ctx, img, glanceclient.RangeOptions{})
+	if err != nil {
+		return fmt.Errorf("reading back the converted image: %w", err)
+	}
+	rep, err := inspect.InspectAt(ctx, rr, rr.Size(), inspect.Options{Declared: string(target)})
+	if errors.Is(err, glanceclient.ErrRangeUnsupported) {
+		s, serr := inspect.NewStream(inspect.Options{Declared: string(target)})
+		if serr != nil {
+			return serr
 		}
-		return fmt.Errorf("converted image %s is %s with %d bytes, want active with %d", id, img.Status, got, size)
+		if _, err = c.Download(ctx, img, s); err == nil {
+			rep, err = s.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("inspecting the converted image %s: %w", id, err)
+	}
+	switch {
+	case rep.Format != target || !rep.Safe():
+		return permanent(fmt.Errorf("%w: converted image %s reads as %s with problems %v", convert.ErrOutputRejected, id, rep.Format, rep.Codes()))
+	case rep.VirtualSize < src.VirtualSize, target == inspect.Raw && *img.Size != src.VirtualSize:
+		return permanent(fmt.Errorf("%w: converted image %s holds %d bytes (virtual %d), the source %d", convert.ErrOutputRejected, id, *img.Size, rep.VirtualSize, src.VirtualSize))
 	}
 	return nil
 }

@@ -5,12 +5,14 @@ package worker
 // Integration tests of the job against the project's test cloud (test/cloud/up.sh).
 
 import (
+	"bytes"
 	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -156,4 +158,46 @@ func TestIntegrationJob(t *testing.T) {
 			t.Fatalf("filtered: %+v %v", res, err)
 		}
 	})
+}
+
+// TestIntegrationConvertChecksWhatExists: a converted image an earlier attempt left behind is
+// checked before the original is linked to it. One that is active but wrong (here: the wrong
+// size of raw data) is a failure recorded at once, and the original is not marked converted.
+func TestIntegrationConvertChecksWhatExists(t *testing.T) {
+	c := cloudClient(t)
+	orig := image(t, c, "qcow2", nil, "qemu-img", "create", "-q", "-f", "qcow2", "@", "4M")
+	id := ConvertedID(orig, "raw")
+	if _, err := c.Create(t.Context(), glanceclient.CreateOptions{ID: id, Name: "left behind", DiskFormat: "raw", ContainerFormat: "bare"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Delete(t.Context(), id) })
+	short := make([]byte, 1<<20)
+	if err := c.UploadStream(t.Context(), id, bytes.NewReader(short), int64(len(short))); err != nil {
+		t.Fatal(err)
+	}
+	ws, err := OpenWorkspace(WorkspaceOptions{Dir: t.TempDir(), MaxBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	opts := JobOptions{Properties: PropertyOptions{Version: "t"}, Convert: ConvertOptions{Target: "raw", Workspace: ws}}
+	if err := opts.Convert.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Job(t.Context(), c, orig, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := c.Get(t.Context(), orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Outcome != OutcomeFailed || img.Properties["sidecar_status"] != "failed" || img.Properties["sidecar_converted_to"] != "" ||
+		!strings.Contains(img.Properties["sidecar_error"], "converted image rejected") {
+		t.Fatalf("outcome %s (%s); original's properties %v", res.Outcome, res.Reason, img.Properties)
+	}
+	// Recorded with the hash: the next event does not convert again.
+	if res, err := Job(t.Context(), c, orig, opts); err != nil || res.Outcome != OutcomeSkipped {
+		t.Fatalf("second job: %s (%s), %v", res.Outcome, res.Reason, err)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/glance-sidecar/glance-sidecar/convert"
 	"github.com/glance-sidecar/glance-sidecar/glanceclient"
@@ -187,7 +188,11 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	uploaded := make(chan error, 1)
 	wg.Go(func() {
 		err := c.UploadStream(ctx, id, pr, vsize)
-		pr.CloseWithError(fmt.Errorf("upload ended: %v", err))
+		cause := err
+		if cause == nil {
+			cause = errors.New("the upload is complete")
+		}
+		pr.CloseWithError(fmt.Errorf("upload ended: %w", cause)) // qemu-img's writes now fail
 		uploaded <- err
 	})
 	defer func() {
@@ -200,14 +205,36 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	}()
 
 	runErr := convert.Run(ctx, srcLn.URI(), dstLn.URI(), rep, qopts)
-	// qemu-img has exited: what its NBD servers say explains a failure better than its exit.
-	stopServing()
-	dstErr, srcErr := <-dstDone, <-srcDone
 	if runErr != nil {
-		return errors.Join(runErr, dstErr, ignoreCancel(srcErr))
+		// A server blocked writing into a stalled upload lets go, and both stop now.
+		pw.CloseWithError(runErr)
+		stopServing()
+	}
+	// qemu-img has exited; after a clean end it has closed both sessions itself, and what its
+	// servers say is the better explanation of a failure.
+	var dstErr, srcErr error
+	grace := time.NewTimer(5 * time.Second)
+	defer grace.Stop()
+	for ended := 0; ended < 2; {
+		select {
+		case dstErr = <-dstDone:
+			ended++
+		case srcErr = <-srcDone:
+			ended++
+		case <-grace.C:
+			stopServing() // a session qemu-img did not close: both servers return now
+		}
+	}
+	if runErr != nil {
+		return errors.Join(runErr, ignoreCancel(dstErr), ignoreCancel(srcErr))
 	}
 	if dstErr != nil {
 		return fmt.Errorf("writing the output: %w", dstErr)
+	}
+	select {
+	case err := <-uploaded: // ended before its last bytes were given to it: failed
+		return fmt.Errorf("uploading the converted image %s: %w", id, cmpOr(err, errors.New("ended early")))
+	default:
 	}
 	if err := <-downloaded; err != nil {
 		return fmt.Errorf("downloading for conversion: %w", err)
@@ -227,6 +254,13 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 		return fmt.Errorf("uploading the converted image %s: %w", id, err)
 	}
 	return nil
+}
+
+func cmpOr(err, def error) error {
+	if err != nil {
+		return err
+	}
+	return def
 }
 
 func ignoreCancel(err error) error {
