@@ -18,7 +18,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/glance-sidecar/glance-sidecar/glanceclient"
@@ -70,6 +73,7 @@ func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) e
 	}
 
 	var job, dl, conv, up, sum []time.Duration
+	var jobBusy, upBusy []float64
 	for i := range runs {
 		orig, _, err := upload(fmt.Sprintf("convertbench-%d", i), "qcow2", path)
 		if err != nil {
@@ -80,8 +84,9 @@ func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) e
 		if err := opts.Convert.Validate(); err != nil {
 			return err
 		}
-		start := time.Now()
+		start, cpu0 := time.Now(), readCPU()
 		res, err := worker.Job(ctx, c, orig, opts)
+		jobBusy = append(jobBusy, cpu0.busySince())
 		if err != nil {
 			return err
 		}
@@ -115,10 +120,12 @@ func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) e
 			return fmt.Errorf("qemu-img convert: %v: %s", err, out)
 		}
 		conv = append(conv, time.Since(start))
+		cpu0 = readCPU()
 		_, d, err := upload(fmt.Sprintf("convertbench-%d-baseline", i), "raw", dst)
 		if err != nil {
 			return err
 		}
+		upBusy = append(upBusy, cpu0.busySince())
 		up = append(up, d)
 		sum = append(sum, dl[i]+conv[i]+up[i])
 		fmt.Printf("run %d: job %v; sequential %v = download %v + convert %v + upload %v\n", i+1,
@@ -137,5 +144,37 @@ func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) e
 		m(up).Round(time.Millisecond), m(sum).Round(time.Millisecond))
 	fmt.Printf("job / upload alone = %.2f (target <= 1.2); job / sequential sum = %.2f\n",
 		float64(m(job))/float64(m(up)), float64(m(job))/float64(m(sum)))
+	mf := func(f []float64) float64 { s := slices.Clone(f); slices.Sort(s); return s[len(s)/2] }
+	fmt.Printf("CPU busy (all %d CPUs of the machine, median): %.0f%% during the job, %.0f%% during the upload alone\n",
+		runtime.NumCPU(), 100*mf(jobBusy), 100*mf(upBusy))
 	return nil
+}
+
+// cpuTimes are the machine's CPU counters from /proc/stat: all, and idle (with iowait).
+type cpuTimes struct{ total, idle uint64 }
+
+func readCPU() cpuTimes {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return cpuTimes{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	var t cpuTimes
+	for i, f := range strings.Fields(line)[1:] {
+		n, _ := strconv.ParseUint(f, 10, 64)
+		t.total += n
+		if i == 3 || i == 4 { // idle, iowait
+			t.idle += n
+		}
+	}
+	return t
+}
+
+// busySince is the fraction of the machine's CPU time spent busy since t was read.
+func (t cpuTimes) busySince() float64 {
+	now := readCPU()
+	if now.total == t.total {
+		return 0
+	}
+	return 1 - float64(now.idle-t.idle)/float64(now.total-t.total)
 }
