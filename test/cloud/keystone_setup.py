@@ -29,7 +29,9 @@ def find(manager, name, **filters):
     return None
 
 
-def main():
+def admin_client():
+    """A keystoneclient of the test cloud's admin, from GSC_KEYSTONE_URL, GSC_ADMIN_PASSWORD
+    and GSC_REGION."""
     auth = v3.Password(
         auth_url=env("GSC_KEYSTONE_URL"),
         username="admin",
@@ -39,8 +41,11 @@ def main():
         project_domain_id="default",
     )
     sess = ks_session.Session(auth=auth, timeout=60)
-    ks = ks_client.Client(session=sess, interface="public",
-                          region_name=env("GSC_REGION"))
+    return ks_client.Client(session=sess, interface="public", region_name=env("GSC_REGION"))
+
+
+def main():
+    ks = admin_client()
     region = env("GSC_REGION")
     domain = "default"
 
