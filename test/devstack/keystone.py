@@ -23,7 +23,9 @@ import sys
 
 from keystoneauth1 import exceptions as ks_exc
 
-# The test cloud's own Keystone setup script holds the admin client (and env).
+# The test cloud's own Keystone setup script holds the admin client (and env). Importing it
+# must leave no __pycache__ in the source tree.
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "cloud"))
 import keystone_setup  # noqa: E402
 
