@@ -440,15 +440,10 @@ func TestIntegrationReconcile(t *testing.T) {
 	}
 
 	// Other tests' sidecars may convert these images into new ones of the same owner, which
-	// the passes find too: the counts are lower bounds.
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	metrics := string(body)
-	for _, m := range []struct {
+	// the passes find too: the counts are lower bounds. A pass and its jobs count themselves a
+	// moment after the properties show (a job reads its PATCH back, a pass waits for its jobs),
+	// so the metrics are read until they are all there, for a few seconds.
+	mins := []struct {
 		sample string
 		min    float64
 	}{
@@ -460,10 +455,28 @@ func TestIntegrationReconcile(t *testing.T) {
 		{`glance_sidecar_reconcile_last_pass_duration_seconds`, 1e-6},
 		{`glance_sidecar_jobs_total{outcome="inspected"}`, 3},
 		{`glance_sidecar_jobs_total{outcome="unsafe"}`, 1},
-	} {
-		if v := metricValue(metrics, m.sample); v < m.min {
-			t.Errorf("%s = %v, want at least %v", m.sample, v, m.min)
+	}
+	var metrics string
+	var short []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatal(err)
 		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		metrics, short = string(body), nil
+		for _, m := range mins {
+			if v := metricValue(metrics, m.sample); v < m.min {
+				short = append(short, fmt.Sprintf("%s = %v, want at least %v", m.sample, v, m.min))
+			}
+		}
+		if len(short) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, s := range short {
+		t.Error(s)
 	}
 	if t.Failed() {
 		t.Logf("metrics:\n%s", metrics)
