@@ -102,9 +102,16 @@ func TestDevstackDeployment(t *testing.T) {
 	if !slices.Contains(strings.Split(img.Properties["sidecar_problems"], ","), "format_mismatch") || img.Properties["sidecar_format"] != "qcow2" {
 		t.Errorf("qcow2 declared raw: %v", img.Properties)
 	}
-	_, metrics := devstackGet(t, base+"/metrics")
-	if want := `glance_sidecar_events_total{result="done",source="amqp",type="image.upload"}`; !strings.Contains(metrics, want) {
-		t.Errorf("the sidecar's /metrics lacks %s", want)
+	// The notifications must have come through RabbitMQ. serve's first reconcile pass may
+	// have written the properties before the events were handled: wait for them a little.
+	want := `glance_sidecar_events_total{result="done",source="amqp",type="image.upload"}`
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if _, metrics := devstackGet(t, base+"/metrics"); strings.Contains(metrics, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sidecar's /metrics lacks %s after 15 s", want)
+		}
 	}
 }
 
