@@ -300,20 +300,8 @@ func verifyConverted(ctx context.Context, c *glanceclient.Client, id string, tar
 	if img.Status != "active" || img.Size == nil {
 		return fmt.Errorf("converted image %s is %s", id, img.Status)
 	}
-	rr, err := c.OpenRange(ctx, img, glanceclient.RangeOptions{})
-	if err != nil {
-		return fmt.Errorf("reading back the converted image: %w", err)
-	}
-	rep, err := inspect.InspectAt(ctx, rr, rr.Size(), inspect.Options{Declared: string(target)})
-	if errors.Is(err, glanceclient.ErrRangeUnsupported) {
-		s, serr := inspect.NewStream(inspect.Options{Declared: string(target)})
-		if serr != nil {
-			return serr
-		}
-		if _, err = c.Download(ctx, img, s); err == nil {
-			rep, err = s.Close()
-		}
-	}
+	// The job's own inspection: ranges, or one stream where the store refuses them.
+	rep, _, _, _, err := inspectImage(ctx, c, img, JobOptions{})
 	if err != nil {
 		return fmt.Errorf("inspecting the converted image %s: %w", id, err)
 	}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -233,7 +234,7 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	}
 	select {
 	case err := <-uploaded: // ended before its last bytes were given to it: failed
-		return fmt.Errorf("uploading the converted image %s: %w", id, cmpOr(err, errors.New("ended early")))
+		return fmt.Errorf("uploading the converted image %s: %w", id, cmp.Or(err, errors.New("ended early")))
 	default:
 	}
 	if err := <-downloaded; err != nil {
@@ -254,13 +255,6 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 		return fmt.Errorf("uploading the converted image %s: %w", id, err)
 	}
 	return nil
-}
-
-func cmpOr(err, def error) error {
-	if err != nil {
-		return err
-	}
-	return def
 }
 
 func ignoreCancel(err error) error {
