@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,21 +23,9 @@ import (
 // waitProperty waits until the image's property key has the value want.
 func (cl *cloud) waitProperty(t *testing.T, id, key, want string, timeout time.Duration) *glanceclient.Image {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		img, err := cl.c.Get(context.Background(), id)
-		if err == nil && img.Properties[key] == want {
-			return img
-		}
-		if time.Now().After(deadline) {
-			var props map[string]string
-			if img != nil {
-				props = img.Properties
-			}
-			t.Fatalf("image %s: %s is not %q after %v (error %v; properties %v)", id, key, want, timeout, err, props)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return waitImage(t, cl.c, id, timeout, fmt.Sprintf("%s = %q", key, want), func(img *glanceclient.Image) bool {
+		return img.Properties[key] == want
+	})
 }
 
 // download writes an image's data into a file in the test's temp dir.

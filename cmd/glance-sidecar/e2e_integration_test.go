@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -115,17 +114,9 @@ func (cl *cloud) tryUpload(t testing.TB, path, diskFormat string, props map[stri
 // waitOutcome waits until the image carries one of the sidecar's outcomes and returns it.
 func (cl *cloud) waitOutcome(t testing.TB, id string, timeout time.Duration) *glanceclient.Image {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		img, err := cl.c.Get(context.Background(), id)
-		if err == nil && img.Properties["sidecar_status"] != "" {
-			return img
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("image %s has no outcome after %v (last error %v)", id, timeout, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return waitImage(t, cl.c, id, timeout, "carrying an outcome", func(img *glanceclient.Image) bool {
+		return img.Properties["sidecar_status"] != ""
+	})
 }
 
 // sample is one image of the format matrix and what must be written on it.
@@ -369,7 +360,8 @@ func (p *serveProcess) metric(t *testing.T, name string) float64 {
 	return scrape(t, p.addr, name)
 }
 
-func scrape(t *testing.T, addr, name string) float64 {
+// scrape reads one sample (name and labels) of serve's /metrics, 0 when absent.
+func scrape(t *testing.T, addr, sample string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -377,16 +369,7 @@ func scrape(t *testing.T, addr, name string) float64 {
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	for line := range strings.SplitSeq(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("metric %s: %v", name, err)
-			}
-			return f
-		}
-	}
-	return 0
+	return max(metricValue(string(b), sample), 0)
 }
 
 // burst uploads n small qcow2 images, a few at a time, and returns their ids in order; every

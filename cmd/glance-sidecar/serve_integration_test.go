@@ -91,20 +91,30 @@ func waitStatus(t *testing.T, c *glanceclient.Client, id, want string) *glancecl
 	return waitProperty(t, c, id, "sidecar_status", want)
 }
 
-// waitProperty waits until the image's property key has the value want.
+// waitProperty waits up to 30 s until the image's property key has the value want.
 func waitProperty(t *testing.T, c *glanceclient.Client, id, key, want string) *glanceclient.Image {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	return waitImage(t, c, id, 30*time.Second, fmt.Sprintf("%s = %q", key, want), func(img *glanceclient.Image) bool {
+		return img.Properties[key] == want
+	})
+}
+
+// waitImage polls the image until ok says yes, and fails the test after timeout, saying what
+// it waited for and what it saw last. Errors reading the image count as not yet.
+func waitImage(t testing.TB, c *glanceclient.Client, id string, timeout time.Duration, what string, ok func(*glanceclient.Image) bool) *glanceclient.Image {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		img, err := c.Get(t.Context(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img.Properties[key] == want {
+		img, err := c.Get(context.Background(), id)
+		if err == nil && ok(img) {
 			return img
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("image %s: %s %q, want %q; properties %v", id, key, img.Properties[key], want, img.Properties)
+			var props map[string]string
+			if img != nil {
+				props = img.Properties
+			}
+			t.Fatalf("image %s: not %s after %v (error %v; properties %v)", id, what, timeout, err, props)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
