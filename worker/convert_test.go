@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -202,8 +203,12 @@ func TestCheckedWriter(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			g := nbd.NewGrowingFile(f, int64(len(dl)))
-			w := &checkedWriter{f: f, g: g, regions: rs}
+			g, err := nbd.NewWindow(nbd.WindowOptions{Size: int64(len(dl)), Spill: f,
+				Fetch: func(context.Context, []byte, int64) error { return errors.New("no fetch here") }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := &checkedWriter{w: g, regions: rs}
 			var werr error
 			for off := 0; off < len(dl) && werr == nil; off += tc.chunk {
 				_, werr = w.Write(dl[off:min(off+tc.chunk, len(dl))])

@@ -7,6 +7,7 @@ package worker
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/glance-sidecar/glance-sidecar/glanceclient"
+	"github.com/glance-sidecar/glance-sidecar/internal/nbd"
 	"github.com/glance-sidecar/glance-sidecar/internal/testcloud"
 )
 
@@ -200,4 +202,74 @@ func TestIntegrationConvertChecksWhatExists(t *testing.T) {
 	if res, err := Job(t.Context(), c, orig, opts); err != nil || res.Outcome != OutcomeSkipped {
 		t.Fatalf("second job: %s (%s), %v", res.Outcome, res.Reason, err)
 	}
+}
+
+// TestIntegrationConvertWindow: converting to raw through a small source window a qcow2 whose
+// tables qemu-img reads far ahead of the download fetches those chunks by range from Glance,
+// checks them when the download gets there, and the new image holds the same disk.
+func TestIntegrationConvertWindow(t *testing.T) {
+	defer func(w nbd.WindowOptions) { sourceWindow = w }(sourceWindow)
+	sourceWindow = nbd.WindowOptions{ChunkSize: 64 << 10, Chunks: 2}
+	c := cloudClient(t)
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.qcow2")
+	for _, args := range [][]string{
+		{"qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", src, "16M"},
+		{"qemu-io", "-f", "qcow2", "-c", "write -P 0x21 8M 8M", "-c", "write -P 0x42 0 8M", src},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig := image(t, c, "qcow2", data)
+	ws, err := OpenWorkspace(WorkspaceOptions{Dir: t.TempDir(), MaxBytes: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	var logs bytes.Buffer
+	opts := JobOptions{Properties: PropertyOptions{Version: "t"}, Convert: ConvertOptions{Target: "raw", Workspace: ws},
+		Logger: slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if err := opts.Convert.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Job(t.Context(), c, orig, opts)
+	if err != nil || res.Outcome != OutcomeConverted {
+		t.Fatalf("job: %s (%s), %v\n%s", res.Outcome, res.Reason, err, logs.String())
+	}
+	t.Cleanup(func() { _ = c.Delete(t.Context(), res.Converted) })
+	var window struct{ Fetches, FetchedBytes int64 }
+	for line := range strings.Lines(logs.String()) {
+		var rec struct {
+			Msg          string
+			Fetches      int64 `json:"fetches"`
+			FetchedBytes int64 `json:"fetched_bytes"`
+		}
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "source window" {
+			window.Fetches, window.FetchedBytes = rec.Fetches, rec.FetchedBytes
+		}
+	}
+	if window.Fetches == 0 {
+		t.Fatalf("nothing fetched by range through a window of 128 KiB:\n%s", logs.String())
+	}
+	img, err := c.Get(t.Context(), res.Converted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(filepath.Join(dir, "converted.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if _, err := c.Download(t.Context(), img, out); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command("qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", out.Name(), src).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img compare: %v\n%s", err, b)
+	}
+	t.Logf("%d fetches by range, %d bytes", window.Fetches, window.FetchedBytes)
 }

@@ -19,16 +19,24 @@ import (
 )
 
 // A conversion to raw overlaps its three stages: qemu-img reads the source over NBD from the
-// download in progress (nbd.GrowingFile) and writes raw, in order, over NBD into the upload
-// (nbd.SequentialWriter). Two guards keep it as safe as converting a file:
+// download in progress (nbd.Window, which keeps the last few MiB of it in memory) and writes raw,
+// in order, over NBD into the upload (nbd.SequentialWriter). Two guards keep it as safe as
+// converting a file:
 //
 //   - qemu-img reads only bytes that are the bytes inspected. The ranged inspection's reads are
-//     recorded (regions); the download is compared against them as it arrives, and only bytes
-//     that passed are released to qemu-img. The download's checksum covers the rest.
+//     recorded (regions); the download is compared against them as it arrives, and so is any
+//     chunk the window fetches by range. The download's checksum covers the rest, and a chunk
+//     fetched by range must match the CRC-32C of the download's bytes there.
 //   - the upload cannot finish before everything is checked. The last bytes of the output are
 //     held back until qemu-img has succeeded, the download's checksum matched, and inspecting
 //     the output stream found raw and safe; a failure cuts the upload short instead, and Glance
 //     puts the image back to queued.
+//
+// qemu-img reads a few tables far ahead first (a qcow2's second L2 table, 512 MiB in), which
+// the window fetches by range. The download reaches the disk only where qemu-img waits for
+// bytes while the window's oldest chunk is still unread (a qcow2's refcount block, which it
+// never reads): the window spills that chunk into the workspace, which reserves the image's
+// size for the worst case.
 
 // regions records what an inspection read through an io.ReaderAt: at most the inspection's read
 // budget, which package inspect bounds.
@@ -65,27 +73,32 @@ func (g *regions) sorted() []region {
 // errInconsistent is a download whose bytes differ from what the ranged reads returned.
 var errInconsistent = errors.New("the download differs from the bytes inspected")
 
-// checkedWriter writes the download into the file behind a GrowingFile, comparing it with the
-// inspected regions first, and releases to qemu-img only what passed.
+// checkRegions fails if p, the bytes at off, differ from what the inspection read there.
+func checkRegions(rs []region, p []byte, off int64) error {
+	for _, r := range rs {
+		lo, hi := max(r.off, off), min(r.off+int64(len(r.data)), off+int64(len(p)))
+		if lo < hi && !bytes.Equal(p[lo-off:hi-off], r.data[lo-r.off:hi-r.off]) {
+			return fmt.Errorf("%w at byte %d", errInconsistent, lo)
+		}
+	}
+	return nil
+}
+
+// checkedWriter passes the download on to the window, comparing it with the inspected regions
+// first.
 type checkedWriter struct {
-	f       *os.File
-	g       *nbd.GrowingFile
+	w       *nbd.Window
 	regions []region
 	off     int64
 }
 
 func (w *checkedWriter) Write(p []byte) (int, error) {
-	for _, r := range w.regions {
-		lo, hi := max(r.off, w.off), min(r.off+int64(len(r.data)), w.off+int64(len(p)))
-		if lo < hi && !bytes.Equal(p[lo-w.off:hi-w.off], r.data[lo-r.off:hi-r.off]) {
-			err := fmt.Errorf("%w at byte %d", errInconsistent, lo)
-			w.g.Fail(err)
-			return 0, err
-		}
+	if err := checkRegions(w.regions, p, w.off); err != nil {
+		w.w.Fail(err)
+		return 0, err
 	}
-	n, err := w.f.WriteAt(p, w.off)
+	n, err := w.w.Write(p)
 	w.off += int64(n)
-	w.g.Advance(int64(n))
 	return n, err
 }
 
@@ -133,40 +146,62 @@ func (h *holdback) commit() error {
 // before the checks end.
 const pipelineHold = 1 << 20
 
+// sourceWindow is the shape of the window a conversion reads its source through: 32 chunks of
+// 1 MiB. Tests make it smaller.
+var sourceWindow = nbd.WindowOptions{ChunkSize: 1 << 20, Chunks: 32}
+
 // convertPipelined converts img to raw and uploads it into the queued image id, the stages
-// overlapping. rs are the regions the ranged inspection read.
+// overlapping. rs are the regions the ranged inspection read. It returns what the source
+// window spilled and fetched again.
 func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glanceclient.Image, rep *inspect.Report, rs []region,
-	id string, lease *Lease, qopts convert.Options) (err error) {
+	id string, lease *Lease, qopts convert.Options) (stats nbd.WindowStats, err error) {
 	size, vsize := *img.Size, rep.VirtualSize
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	f, err := os.OpenFile(lease.Path("source"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return err
+		return stats, err
 	}
 	defer f.Close()
-	src := nbd.NewGrowingFile(f, size)
+	wopts := sourceWindow
+	rr, err := c.OpenRange(ctx, img, glanceclient.RangeOptions{BlockSize: wopts.ChunkSize, CacheBlocks: 2})
+	if err != nil {
+		return stats, err
+	}
+	wopts.Size, wopts.Spill = size, f
+	wopts.Fetch = func(_ context.Context, p []byte, off int64) error {
+		n, err := rr.ReadAt(p, off)
+		if n < len(p) {
+			return fmt.Errorf("ranged read of %d bytes at %d: %w", len(p), off, cmp.Or(err, io.ErrUnexpectedEOF))
+		}
+		return checkRegions(rs, p, off)
+	}
+	src, err := nbd.NewWindow(wopts)
+	if err != nil {
+		return stats, err
+	}
+	defer func() { stats = src.Stats() }()
 	sockets, err := lease.SocketDir()
 	if err != nil {
-		return err
+		return stats, err
 	}
 	srcLn, err := nbd.Listen(sockets)
 	if err != nil {
-		return err
+		return stats, err
 	}
 	defer srcLn.Close()
 
 	stream, err := inspect.NewStream(inspect.Options{})
 	if err != nil {
-		return err
+		return stats, err
 	}
 	pr, pw := io.Pipe()
 	hold := &holdback{w: pw, total: vsize, hold: min(pipelineHold, vsize)}
 	dst := nbd.NewSequentialWriter(io.MultiWriter(stream, hold), vsize)
 	dstLn, err := nbd.Listen(sockets)
 	if err != nil {
-		return err
+		return stats, err
 	}
 	defer dstLn.Close()
 
@@ -177,7 +212,7 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	var wg sync.WaitGroup
 	downloaded := make(chan error, 1)
 	wg.Go(func() {
-		_, err := c.Download(ctx, img, &checkedWriter{f: f, g: src, regions: rs})
+		_, err := c.Download(ctx, img, &checkedWriter{w: src, regions: rs})
 		if err != nil {
 			src.Fail(err)
 		}
@@ -199,7 +234,8 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	defer func() {
 		if err != nil {
 			pw.CloseWithError(err) // the upload fails short: Glance puts the image back to queued
-			cancel()               // and the download stops
+			src.Fail(err)          // and the download stops
+			cancel()
 		}
 		stopServing()
 		wg.Wait()
@@ -209,7 +245,10 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	if runErr != nil {
 		// A server blocked writing into a stalled upload lets go, and both stop now.
 		pw.CloseWithError(runErr)
+		src.Fail(runErr)
 		stopServing()
+	} else {
+		src.Drain() // the download goes on to its end and its checksum
 	}
 	// qemu-img has exited; after a clean end it has closed both sessions itself, and what its
 	// servers say is the better explanation of a failure.
@@ -227,34 +266,34 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 		}
 	}
 	if runErr != nil {
-		return errors.Join(runErr, ignoreCancel(dstErr), ignoreCancel(srcErr))
+		return stats, errors.Join(runErr, ignoreCancel(dstErr), ignoreCancel(srcErr))
 	}
 	if dstErr != nil {
-		return fmt.Errorf("writing the output: %w", dstErr)
+		return stats, fmt.Errorf("writing the output: %w", dstErr)
 	}
 	select {
 	case err := <-uploaded: // ended before its last bytes were given to it: failed
-		return fmt.Errorf("uploading the converted image %s: %w", id, cmp.Or(err, errors.New("ended early")))
+		return stats, fmt.Errorf("uploading the converted image %s: %w", id, cmp.Or(err, errors.New("ended early")))
 	default:
 	}
 	if err := <-downloaded; err != nil {
-		return fmt.Errorf("downloading for conversion: %w", err)
+		return stats, fmt.Errorf("downloading for conversion: %w", err)
 	}
 	out, err := stream.Close()
 	if err != nil {
-		return fmt.Errorf("inspecting the output: %w", err)
+		return stats, fmt.Errorf("inspecting the output: %w", err)
 	}
 	if out.Format != inspect.Raw || !out.Safe() || out.VirtualSize < rep.VirtualSize {
-		return fmt.Errorf("%w: the output is %s (%d bytes, problems %v), want raw, safe, at least %d bytes",
+		return stats, fmt.Errorf("%w: the output is %s (%d bytes, problems %v), want raw, safe, at least %d bytes",
 			convert.ErrOutputRejected, out.Format, out.VirtualSize, out.Codes(), rep.VirtualSize)
 	}
 	if err := hold.commit(); err != nil {
-		return fmt.Errorf("uploading the converted image: %w", err)
+		return stats, fmt.Errorf("uploading the converted image: %w", err)
 	}
 	if err := <-uploaded; err != nil {
-		return fmt.Errorf("uploading the converted image %s: %w", id, err)
+		return stats, fmt.Errorf("uploading the converted image %s: %w", id, err)
 	}
-	return nil
+	return stats, nil
 }
 
 func ignoreCancel(err error) error {

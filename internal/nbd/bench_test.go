@@ -105,8 +105,8 @@ func BenchmarkConvert(b *testing.B) {
 		}
 	})
 
-	// Both ends over NBD: the source read from a GrowingFile (already complete), the target
-	// streamed into a SequentialWriter.
+	// Both ends over NBD: the source read from a Window while the file is copied into it, the
+	// target streamed into a SequentialWriter.
 	b.Run("nbd-both", func(b *testing.B) {
 		b.SetBytes(benchData)
 		f, err := os.Open(img)
@@ -118,16 +118,32 @@ func BenchmarkConvert(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		spill, err := os.CreateTemp(b.TempDir(), "spill")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer spill.Close()
 		for b.Loop() {
-			g := nbd.NewGrowingFile(f, st.Size())
-			g.Advance(st.Size())
-			src := serveBench(b, g)
+			w, err := nbd.NewWindow(nbd.WindowOptions{Size: st.Size(), Spill: spill, Fetch: func(_ context.Context, p []byte, off int64) error {
+				_, err := f.ReadAt(p, off)
+				return err
+			}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			copied := make(chan error, 1)
+			go func() { _, err := io.Copy(w, io.NewSectionReader(f, 0, st.Size())); copied <- err }()
+			src := serveBench(b, w)
 			sw := nbd.NewSequentialWriter(io.Discard, benchData)
 			dst := serveBench(b, sw)
 			if _, err := qemu(ctx, b, "qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", src.uri, dst.uri); err != nil {
 				b.Fatal(err)
 			}
 			if err := src.wait(b); err != nil {
+				b.Fatal(err)
+			}
+			w.Drain()
+			if err := <-copied; err != nil {
 				b.Fatal(err)
 			}
 			if err := dst.wait(b); err != nil {

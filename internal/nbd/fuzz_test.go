@@ -3,6 +3,7 @@ package nbd_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"runtime"
@@ -49,9 +50,15 @@ func FuzzServer(f *testing.F) {
 		case 2:
 			exp = nbd.NewSequentialWriter(io.Discard, size)
 		case 3:
-			g := nbd.NewGrowingFile(bytes.NewReader(make([]byte, size)), size)
-			g.Advance(size)
-			exp = g
+			w, err := nbd.NewWindow(nbd.WindowOptions{Size: size, ChunkSize: 4 << 10, Chunks: size / (4 << 10), Spill: &memSpill{b: make([]byte, size)},
+				Fetch: func(context.Context, []byte, int64) error { return errors.New("no fetch here") }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(make([]byte, size)); err != nil {
+				t.Fatal(err)
+			}
+			exp = w
 		}
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)

@@ -58,6 +58,15 @@ func getFixture(t testing.TB, name string) fixture {
 					fmt.Sprintf("write -P 0x11 %d 512", 20*mib+512)) // in a one-sector hole
 			},
 			"full": func(dir string) string { return qcow2Fixture(t, dir, patterned(32*mib)) },
+			// 4 KiB clusters, so an L2 table maps only 2 MiB, and the second half written
+			// first: the tables and data of the image's start sit in the second half of the
+			// file, and qemu-img reads far ahead of a download.
+			"tables": func(dir string) string {
+				img := filepath.Join(dir, "src.qcow2")
+				run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", img, "32M")
+				run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x21 16M 16M", "-c", "write -P 0x42 0 16M", img)
+				return img
+			},
 			"sparse": func(dir string) string {
 				img := filepath.Join(dir, "src.qcow2")
 				run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "256M")
@@ -204,60 +213,78 @@ func TestConvertOutOfOrderFailsCleanly(t *testing.T) {
 	}
 }
 
-// download copies the file at src into dst through g in chunks, sleeping between them, and
-// fails g with failErr after failAfter bytes when failErr is set.
-func download(g *nbd.GrowingFile, src string, dst *os.File, chunk int, pause time.Duration, failAfter int64, failErr error) {
+// download writes the file at src into w in chunks, sleeping between them, and fails w with
+// failErr after failAfter bytes when failErr is set. It returns the error that ended it.
+func download(w *nbd.Window, src string, chunk int, pause time.Duration, failAfter int64, failErr error) error {
 	in, err := os.Open(src)
 	if err != nil {
-		g.Fail(err)
-		return
+		w.Fail(err)
+		return err
 	}
 	defer in.Close()
-	w := g.Writer(dst)
 	buf := make([]byte, chunk)
 	var done int64
 	for {
 		if failErr != nil && done >= failAfter {
-			g.Fail(failErr)
-			return
+			w.Fail(failErr)
+			return failErr
 		}
 		n, err := in.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				g.Fail(werr)
-				return
+				return werr
 			}
 			done += int64(n)
 		}
 		if errors.Is(err, io.EOF) {
-			return
+			return nil
 		}
 		if err != nil {
-			g.Fail(err)
-			return
+			w.Fail(err)
+			return err
 		}
 		time.Sleep(pause)
 	}
 }
 
-// growingSource serves a GrowingFile over a new file the fixture's image is "downloaded" into,
-// and starts the download.
-func growingSource(t *testing.T, img string, failAfter int64, failErr error) (*nbd.GrowingFile, *served) {
+// windowSource serves a Window the fixture's image is "downloaded" into, fetched by range from
+// the image itself (through alter, if set) and spilled into a file, and starts the download,
+// whose outcome it sends on the channel.
+func windowSource(t *testing.T, img string, opts nbd.WindowOptions, alter func([]byte), failAfter int64, failErr error) (*nbd.Window, *served, <-chan error) {
 	t.Helper()
-	dst, err := os.Create(filepath.Join(t.TempDir(), "download.qcow2"))
+	spill, err := os.Create(filepath.Join(t.TempDir(), "spill"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { dst.Close() })
-	g := nbd.NewGrowingFile(dst, fileSize(t, img))
-	s := serve(t, &waitRecorder{GrowingFile: g})
-	go download(g, img, dst, 256<<10, 2*time.Millisecond, failAfter, failErr)
-	return g, s
+	t.Cleanup(func() { spill.Close() })
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	opts.Size, opts.Spill = fileSize(t, img), spill
+	opts.Fetch = func(_ context.Context, p []byte, off int64) error {
+		if _, err := f.ReadAt(p, off); err != nil {
+			return err
+		}
+		if alter != nil {
+			alter(p)
+		}
+		return nil
+	}
+	w, err := nbd.NewWindow(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := serve(t, &waitRecorder{Window: w})
+	done := make(chan error, 1)
+	go func() { done <- download(w, img, 256<<10, 2*time.Millisecond, failAfter, failErr) }()
+	return w, s, done
 }
 
 // waitRecorder counts the reads that had to wait for the download.
 type waitRecorder struct {
-	*nbd.GrowingFile
+	*nbd.Window
 	waited, reads int
 }
 
@@ -266,48 +293,89 @@ func (w *waitRecorder) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if w.Available() < off+int64(len(p)) {
 		w.waited++
 	}
-	return w.GrowingFile.ReadAt(ctx, p, off)
+	return w.Window.ReadAt(ctx, p, off)
 }
 
-func TestConvertFromGrowingFile(t *testing.T) {
-	for _, name := range []string{"holes", "full"} {
-		t.Run(name, func(t *testing.T) {
-			fx := getFixture(t, name)
-			g, s := growingSource(t, fx.img, 0, nil)
-			out := filepath.Join(t.TempDir(), "out.raw")
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			defer cancel()
-			if _, err := qemu(ctx, t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", s.uri, out); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.wait(t); err != nil {
-				t.Fatalf("Serve: %v", err)
-			}
-			equalFiles(t, fx.ref, out)
-			if got, want := g.Available(), fileSize(t, fx.img); got != want {
-				t.Fatalf("download at %d of %d bytes after the conversion", got, want)
-			}
-			for i, r := range s.trace.requests() {
-				if r.name != "READ" && r.name != "DISC" {
-					t.Fatalf("request %d: %s at %d, %d bytes: a source is only read", i, r.name, r.offset, r.length)
+// windows are the window shapes the conversions are tried with: the sidecar's, and small ones
+// that make qemu-img's reads drop, spill and fetch chunks.
+var windows = []struct {
+	name string
+	opts nbd.WindowOptions
+}{
+	{"default", nbd.WindowOptions{}},
+	{"4 chunks of 256 KiB", nbd.WindowOptions{ChunkSize: 256 << 10, Chunks: 4}},
+	{"1 chunk of 64 KiB", nbd.WindowOptions{ChunkSize: 64 << 10, Chunks: 1}},
+}
+
+func TestConvertFromWindow(t *testing.T) {
+	for _, name := range []string{"holes", "full", "tables"} {
+		for _, win := range windows {
+			t.Run(name+"/"+win.name, func(t *testing.T) {
+				fx := getFixture(t, name)
+				w, s, downloaded := windowSource(t, fx.img, win.opts, nil, 0, nil)
+				out := filepath.Join(t.TempDir(), "out.raw")
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				defer cancel()
+				if _, err := qemu(ctx, t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", s.uri, out); err != nil {
+					t.Fatal(err)
 				}
-			}
-			rec := s.export.(*waitRecorder)
-			if rec.waited == 0 {
-				t.Fatalf("none of %d reads waited for the download: the stages did not overlap", rec.reads)
-			}
-			t.Logf("%d of %d reads waited for the download; %s", rec.waited, rec.reads, s.trace.summary())
-		})
+				if err := s.wait(t); err != nil {
+					t.Fatalf("Serve: %v", err)
+				}
+				w.Drain()
+				if err := <-downloaded; err != nil {
+					t.Fatalf("download: %v", err)
+				}
+				equalFiles(t, fx.ref, out)
+				if got, want := w.Available(), fileSize(t, fx.img); got != want {
+					t.Fatalf("download at %d of %d bytes after the conversion", got, want)
+				}
+				for i, r := range s.trace.requests() {
+					if r.name != "READ" && r.name != "DISC" {
+						t.Fatalf("request %d: %s at %d, %d bytes: a source is only read", i, r.name, r.offset, r.length)
+					}
+				}
+				rec := s.export.(*waitRecorder)
+				if rec.waited == 0 {
+					t.Fatalf("none of %d reads waited for the download: the stages did not overlap", rec.reads)
+				}
+				st := w.Stats()
+				if win.opts.Chunks == 0 && st.Spilled > fileSize(t, fx.img)/4 {
+					t.Errorf("the default window spilled %d of %d bytes", st.Spilled, fileSize(t, fx.img))
+				}
+				t.Logf("%d of %d reads waited for the download; %+v; %s", rec.waited, rec.reads, st, s.trace.summary())
+			})
+		}
 	}
+}
+
+// Chunks fetched by range that differ from the download: qemu-img may have read them, but the
+// download fails when it gets there.
+func TestConvertFromWindowFetchMismatch(t *testing.T) {
+	fx := getFixture(t, "tables")
+	w, s, downloaded := windowSource(t, fx.img, nbd.WindowOptions{ChunkSize: 64 << 10, Chunks: 2}, func(p []byte) { p[len(p)/2] ^= 0x40 }, 0, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, qerr := qemu(ctx, t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", s.uri, filepath.Join(t.TempDir(), "out.raw"))
+	serr := s.wait(t)
+	w.Drain()
+	derr := <-downloaded
+	if w.Stats().Fetches == 0 {
+		t.Fatal("nothing was fetched by range: the test proves nothing")
+	}
+	if !errors.Is(derr, nbd.ErrFetchMismatch) && !errors.Is(qerr, nbd.ErrFetchMismatch) && !errors.Is(serr, nbd.ErrFetchMismatch) {
+		t.Fatalf("qemu-img: %v; Serve: %v; download: %v; want a fetch mismatch somewhere", qerr, serr, derr)
+	}
+	t.Logf("qemu-img: %v\nServe: %v\ndownload: %v", qerr, serr, derr)
 }
 
 // A download that fails half way makes every read past what arrived fail: qemu-img exits
 // non-zero and Serve returns the download's error.
-func TestConvertFromGrowingFileFails(t *testing.T) {
+func TestConvertFromWindowFails(t *testing.T) {
 	fx := getFixture(t, "holes")
 	broken := errors.New("connection reset by Glance")
 	half := fileSize(t, fx.img) / 2
-	g, s := growingSource(t, fx.img, half, broken)
+	w, s, _ := windowSource(t, fx.img, nbd.WindowOptions{}, nil, half, broken)
 	out := filepath.Join(t.TempDir(), "out.raw")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -319,19 +387,19 @@ func TestConvertFromGrowingFileFails(t *testing.T) {
 	if !errors.Is(serr, broken) {
 		t.Fatalf("Serve returned %v, want the download's error", serr)
 	}
-	if a := g.Available(); a < half || a >= fileSize(t, fx.img) {
+	if a := w.Available(); a < half || a >= fileSize(t, fx.img) {
 		t.Fatalf("download stopped at %d, want from %d to the end", a, half)
 	}
 	t.Logf("qemu-img: %v\nServe: %v", qerr, serr)
 }
 
-// Both ends over NBD in one qemu-img run: the source read from a GrowingFile while it
-// downloads, the raw target streamed into a SequentialWriter.
-func TestConvertGrowingFileToSequentialWriter(t *testing.T) {
+// Both ends over NBD in one qemu-img run: the source read from a Window while it downloads,
+// the raw target streamed into a SequentialWriter.
+func TestConvertWindowToSequentialWriter(t *testing.T) {
 	for _, name := range []string{"holes", "full"} {
 		t.Run(name, func(t *testing.T) {
 			fx := getFixture(t, name)
-			_, src := growingSource(t, fx.img, 0, nil)
+			w, src, downloaded := windowSource(t, fx.img, nbd.WindowOptions{}, nil, 0, nil)
 			h := sha256.New()
 			sw := nbd.NewSequentialWriter(h, fx.vsize)
 			dst := serve(t, sw)
@@ -342,6 +410,10 @@ func TestConvertGrowingFileToSequentialWriter(t *testing.T) {
 			}
 			if err := src.wait(t); err != nil {
 				t.Fatalf("Serve (source): %v", err)
+			}
+			w.Drain()
+			if err := <-downloaded; err != nil {
+				t.Fatalf("download: %v", err)
 			}
 			if err := dst.wait(t); err != nil {
 				t.Fatalf("Serve (target): %v", err)
@@ -418,8 +490,14 @@ func TestQemuIOReadOnly(t *testing.T) {
 	if _, err := f.Write(data); err != nil {
 		t.Fatal(err)
 	}
-	g := nbd.NewGrowingFile(f, int64(len(data)))
-	g.Advance(int64(len(data)))
+	g, err := nbd.NewWindow(nbd.WindowOptions{Size: int64(len(data)), Chunks: 2, ChunkSize: mib, Spill: f,
+		Fetch: func(context.Context, []byte, int64) error { return errors.New("no fetch here") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Write(data); err != nil {
+		t.Fatal(err)
+	}
 
 	s := serve(t, g)
 	out := run(t, "qemu-io", "-r", "-f", "raw", "-c", fmt.Sprintf("read -v %d 16", mib+5), s.uri)

@@ -10,8 +10,9 @@
 //
 //   - [SequentialWriter] is a write-only export over an io.Writer: qemu-img convert -n -O raw
 //     writes its target strictly in order, so the raw bytes can go straight into an upload.
-//   - [GrowingFile] is a read-only export over a file being downloaded: reads past what has
-//     arrived wait for it, so qemu-img can convert while the download runs.
+//   - [Window] is a read-only export over a download in progress, of which it keeps the last
+//     few MiB in memory: qemu-img reads its source a little behind the download, and the
+//     download need not touch the disk.
 //
 // Anything else that implements [Export] can be served too.
 //
