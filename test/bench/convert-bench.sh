@@ -4,6 +4,7 @@
 # overlapped), against download + qemu-img convert + upload one after the other, in the same run,
 # RUNS times (default 3). Target: the job takes at most 1.2 x the upload alone.
 # Needs the test cloud up (test/cloud/up.sh) and about 4 x DATA of free disk.
+# CPUPROFILE=FILE writes a Go CPU profile of the first job (go tool pprof FILE).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 state=${GSC_CLOUD_DIR:-/tmp/glance-sidecar-cloud}
@@ -15,4 +16,5 @@ echo "making a qcow2 holding $data of random data" >&2
 head -c "$data" /dev/urandom >"$work/data.raw"
 qemu-img convert -q -f raw -O qcow2 "$work/data.raw" "$work/image.qcow2"
 rm "$work/data.raw"
-go run ./test/bench/convertbench -clouds-file "$state/clouds.yaml" -runs "$runs" "$work/image.qcow2"
+go build -o "$work/convertbench" ./test/bench/convertbench
+"$work/convertbench" ${CPUPROFILE:+-cpuprofile "$CPUPROFILE"} -clouds-file "$state/clouds.yaml" -runs "$runs" "$work/image.qcow2"

@@ -7,6 +7,11 @@
 //   - the sequential baseline: download the image to disk, qemu-img convert to a raw file, upload
 //     that file as a new image; each stage timed, and the upload alone is the target's yardstick.
 //
+// Each timed phase starts after a sync, so that none pays for the writeback of the one before.
+// Per run it also prints the job's stages (from its metrics) and the CPU seconds every process
+// spent in the job and in the upload alone: Glance's, the sidecar's, qemu-img's, the kernel's.
+// -cpuprofile writes a Go CPU profile of the first job.
+//
 // It prints the medians and the ratios: job / upload alone (target ≤ 1.2) and job / sequential sum.
 package main
 
@@ -19,26 +24,41 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/glance-sidecar/glance-sidecar/glanceclient"
 	"github.com/glance-sidecar/glance-sidecar/inspect"
 	"github.com/glance-sidecar/glance-sidecar/worker"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func main() {
 	cloud := flag.String("cloud", "sidecar", "clouds.yaml cloud")
 	cloudsFile := flag.String("clouds-file", "", "clouds.yaml path")
 	runs := flag.Int("runs", 3, "repetitions")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the jobs to this file")
 	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "convertbench:", err)
+			os.Exit(1)
+		}
+		profile = f
+	}
 	if err := run(context.Background(), *cloud, *cloudsFile, *runs, flag.Arg(0)); err != nil {
 		fmt.Fprintln(os.Stderr, "convertbench:", err)
 		os.Exit(1)
 	}
 }
+
+// profile, when set, receives a CPU profile of the first job.
+var profile *os.File
 
 func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) error {
 	c, err := glanceclient.New(ctx, glanceclient.Options{Cloud: cloud, CloudsFile: cloudsFile, Logger: slog.New(slog.DiscardHandler)})
@@ -79,18 +99,40 @@ func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) e
 		if err != nil {
 			return err
 		}
-		opts := worker.JobOptions{Properties: worker.PropertyOptions{Version: "bench"}, Logger: slog.New(slog.DiscardHandler),
+		reg := prometheus.NewRegistry()
+		metrics, err := worker.NewMetrics(reg)
+		if err != nil {
+			return err
+		}
+		// The job's own lines, with what its source window spilled and fetched by range.
+		logger := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		opts := worker.JobOptions{Properties: worker.PropertyOptions{Version: "bench"}, Logger: logger, Metrics: metrics,
 			Convert: worker.ConvertOptions{Target: inspect.Raw, Workspace: ws}}
 		if err := opts.Convert.Validate(); err != nil {
 			return err
 		}
-		start, cpu0 := time.Now(), readCPU()
+		// Each timed phase starts with no dirty pages, so that none pays for the writeback
+		// of what came before it.
+		syscall.Sync()
+		start, cpu0, procs0 := time.Now(), readCPU(), readProcs()
+		if profile != nil {
+			_ = pprof.StartCPUProfile(profile)
+		}
 		res, err := worker.Job(ctx, c, orig, opts)
+		if profile != nil {
+			pprof.StopCPUProfile()
+			if err := profile.Close(); err != nil {
+				return err
+			}
+			profile = nil
+		}
 		jobBusy = append(jobBusy, cpu0.busySince())
+		fmt.Printf("run %d: job CPU seconds: %s\n", i+1, procs0.since())
 		if err != nil {
 			return err
 		}
 		job = append(job, time.Since(start))
+		fmt.Printf("run %d: job stages: %s\n", i+1, stages(reg, job[i]))
 		if res.Outcome != worker.OutcomeConverted {
 			return fmt.Errorf("job outcome %s (%s)", res.Outcome, res.Reason)
 		}
@@ -120,11 +162,13 @@ func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) e
 			return fmt.Errorf("qemu-img convert: %v: %s", err, out)
 		}
 		conv = append(conv, time.Since(start))
-		cpu0 = readCPU()
+		syscall.Sync()
+		cpu0, procs0 = readCPU(), readProcs()
 		_, d, err := upload(fmt.Sprintf("convertbench-%d-baseline", i), "raw", dst)
 		if err != nil {
 			return err
 		}
+		fmt.Printf("run %d: upload alone CPU seconds: %s\n", i+1, procs0.since())
 		upBusy = append(upBusy, cpu0.busySince())
 		up = append(up, d)
 		sum = append(sum, dl[i]+conv[i]+up[i])
@@ -177,4 +221,82 @@ func (t cpuTimes) busySince() float64 {
 		return 0
 	}
 	return 1 - float64(now.idle-t.idle)/float64(now.total-t.total)
+}
+
+// procTimes are the CPU seconds of every process by pid, with its name (comm, a kernel worker's
+// without the work it is doing now); this process's waited children (qemu-img) count apart.
+type procTimes map[string]procTime
+
+type procTime struct {
+	name string
+	cpu  float64
+}
+
+func readProcs() procTimes {
+	t := procTimes{}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	self := fmt.Sprintf("/proc/%d/stat", os.Getpid())
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		lp, rp := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if lp < 0 || rp < lp {
+			continue
+		}
+		name, f := s[lp+1:rp], strings.Fields(s[rp+1:])
+		if len(f) < 15 {
+			continue
+		}
+		ticks := func(i int) float64 { n, _ := strconv.ParseFloat(f[i], 64); return n / 100 } // USER_HZ
+		if strings.HasPrefix(name, "kworker/") {
+			name = "kworker"
+		}
+		if path == self {
+			t["children"] = procTime{"qemu-img (children)", ticks(13) + ticks(14)}
+			name = "sidecar (bench process)"
+		}
+		t[path] = procTime{name, ticks(11) + ticks(12)}
+	}
+	return t
+}
+
+// since sums by name the CPU seconds spent since t, for the names above 0.05 s.
+func (t procTimes) since() string {
+	by := map[string]float64{}
+	for k, now := range readProcs() {
+		by[now.name] += now.cpu - t[k].cpu
+	}
+	var out []string
+	for name, d := range by {
+		if d >= 0.05 {
+			out = append(out, fmt.Sprintf("%s %.2f", name, d))
+		}
+	}
+	slices.Sort(out)
+	return strings.Join(out, ", ")
+}
+
+// stages lists the job's stage times from its metrics, and the rest of total: creating the new
+// image, verifying and linking it.
+func stages(reg *prometheus.Registry, total time.Duration) string {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	rest := total
+	for _, mf := range mfs {
+		if mf.GetName() != "glance_sidecar_job_stage_seconds" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			d := time.Duration(m.GetHistogram().GetSampleSum() * float64(time.Second))
+			rest -= d
+			out = append(out, fmt.Sprintf("%s %v", m.GetLabel()[0].GetValue(), d.Round(time.Millisecond)))
+		}
+	}
+	return strings.Join(append(out, fmt.Sprintf("other (create, verify, link) %v", rest.Round(time.Millisecond))), ", ")
 }
