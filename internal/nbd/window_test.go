@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"sync"
@@ -420,64 +421,122 @@ func TestWindowRandomReads(t *testing.T) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		size := int64(1 + rng.IntN(64<<10))
 		chunk := int64(1 + rng.IntN(4<<10))
-		w, s := window(t, size, chunk, 1+rng.IntN(6))
-		var reads []int64 // offsets; lengths from the same stream
+		var reads []readOp
 		for off := int64(0); off < size; {
+			n := 1 + rng.Int64N(2*chunk)
 			switch rng.IntN(10) {
 			case 0: // a table far ahead
-				reads = append(reads, rng.Int64N(size))
+				reads = append(reads, readOp{rng.Int64N(size), n})
 			case 1: // something already read
-				reads = append(reads, rng.Int64N(off+1))
+				reads = append(reads, readOp{rng.Int64N(off + 1), n})
 			default:
-				reads = append(reads, off)
-				off += 1 + rng.Int64N(2*chunk)
-			}
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		var wg sync.WaitGroup
-		errs := make(chan error, 3)
-		wg.Go(func() {
-			for off := int64(0); off < size; {
-				n := min(size-off, 1+rng.Int64N(3*chunk))
-				if _, err := w.Write(s.data[off : off+n]); err != nil {
-					errs <- err
-					return
-				}
+				reads = append(reads, readOp{off, n})
 				off += n
 			}
-		})
-		var next atomic.Int64
-		var readers sync.WaitGroup
-		for range 2 {
-			readers.Go(func() {
-				for {
-					k := next.Add(1) - 1
-					if k >= int64(len(reads)) {
-						return
-					}
-					off := reads[k]
-					p := make([]byte, min(size-off, 1+int64(k*7919)%(2*chunk)))
-					if err := w.ReadAt(ctx, p, off); err != nil {
-						errs <- err
-						return
-					}
-					if !bytes.Equal(p, s.data[off:off+int64(len(p))]) {
-						errs <- errors.New("wrong bytes")
-						return
-					}
-				}
-			})
 		}
-		readers.Wait()
-		w.Drain()
-		wg.Wait()
-		cancel()
-		close(errs)
-		for err := range errs {
+		var writes []int64
+		for range 64 {
+			writes = append(writes, 1+rng.Int64N(3*chunk))
+		}
+		if err := checkWindowReads(size, chunk, 1+rng.IntN(6), reads, writes); err != nil {
 			t.Fatalf("seed %d (size %d, chunk %d): %v", seed, size, chunk, err)
 		}
-		if w.Available() != size {
-			t.Fatalf("seed %d: download stopped at %d of %d", seed, w.Available(), size)
-		}
 	}
+}
+
+// FuzzWindow: any read pattern (a hostile image drives qemu-img's reads) against a download in
+// pieces of any size returns the download's bytes, and never hangs.
+func FuzzWindow(f *testing.F) {
+	f.Add(uint16(1000), uint16(100), uint8(2), []byte{0, 0, 50, 0, 100, 0, 100, 0, 0x20, 3, 10, 0, 0, 0, 8, 0})
+	f.Add(uint16(65535), uint16(1), uint8(1), []byte{0xff, 0xff, 1, 0, 0, 0, 1, 0})
+	f.Add(uint16(4096), uint16(512), uint8(3), []byte{0, 0x0f, 0, 1, 0, 0, 0, 2, 0, 8, 0, 8})
+	f.Fuzz(func(t *testing.T, size, chunk uint16, chunks uint8, pattern []byte) {
+		if size == 0 || chunk == 0 {
+			return
+		}
+		var reads []readOp
+		var writes []int64
+		for len(pattern) >= 4 {
+			a, b := int64(pattern[0])<<8|int64(pattern[1]), int64(pattern[2])<<8|int64(pattern[3])
+			pattern = pattern[4:]
+			off, n := a%int64(size), 1+b%int64(size)
+			reads = append(reads, readOp{off, min(n, int64(size)-off)})
+			writes = append(writes, 1+(a^b)%(3*int64(chunk)))
+		}
+		if err := checkWindowReads(int64(size), int64(chunk), 1+int(chunks%8), reads, writes); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+type readOp struct{ off, n int64 }
+
+// checkWindowReads downloads size bytes into a Window in pieces of the sizes in writes (over
+// and over), while two readers make the reads (clipped to the export), and checks every read's
+// bytes. A read or the download that does not end within 20 s is an error.
+func checkWindowReads(size, chunk int64, chunks int, reads []readOp, writes []int64) error {
+	s := &source{data: patterned(int(size)), spill: memSpill{b: make([]byte, size)}}
+	w, err := nbd.NewWindow(nbd.WindowOptions{Size: size, ChunkSize: chunk, Chunks: chunks, Spill: &s.spill, Fetch: s.fetch})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	errs := make(chan error, 3)
+	var download sync.WaitGroup
+	download.Go(func() {
+		for off, k := int64(0), 0; off < size; k++ {
+			n := size - off
+			if len(writes) > 0 {
+				n = min(n, writes[k%len(writes)])
+			}
+			if _, err := w.Write(s.data[off : off+n]); err != nil {
+				errs <- fmt.Errorf("download at %d: %w", off, err)
+				return
+			}
+			off += n
+		}
+	})
+	var next atomic.Int64
+	var readers sync.WaitGroup
+	for range 2 {
+		readers.Go(func() {
+			for {
+				k := next.Add(1) - 1
+				if k >= int64(len(reads)) {
+					return
+				}
+				r := reads[k]
+				r.n = min(r.n, size-r.off)
+				p := make([]byte, r.n)
+				if err := w.ReadAt(ctx, p, r.off); err != nil {
+					errs <- fmt.Errorf("read of %d bytes at %d: %w", r.n, r.off, err)
+					return
+				}
+				if !bytes.Equal(p, s.data[r.off:r.off+r.n]) {
+					errs <- fmt.Errorf("read of %d bytes at %d: wrong bytes", r.n, r.off)
+					return
+				}
+			}
+		})
+	}
+	readers.Wait()
+	w.Drain()
+	done := make(chan struct{})
+	go func() { download.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		w.Fail(ctx.Err())
+		<-done
+		return fmt.Errorf("the download hung at %d of %d bytes", w.Available(), size)
+	}
+	close(errs)
+	for err := range errs {
+		return err
+	}
+	if w.Available() != size {
+		return fmt.Errorf("download stopped at %d of %d", w.Available(), size)
+	}
+	return nil
 }
