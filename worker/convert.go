@@ -243,7 +243,7 @@ func convertImage(ctx context.Context, c *glanceclient.Client, img *glanceclient
 		defer lease.Release()
 		t := time.Now()
 		st, err := convertPipelined(ctx, c, img, rep, rs, id, lease, qopts)
-		opts.Logger.Debug("source window", "image", img.ID, "spilled_bytes", st.Spilled,
+		opts.Logger.Debug("source window", "image", img.ID, "dropped_bytes", st.Dropped, "spilled_bytes", st.Spilled,
 			"fetched_bytes", st.Fetched, "fetches", st.Fetches)
 		if err != nil {
 			return "", fmt.Errorf("converting %s to raw: %w", rep.Format, err)

@@ -26,7 +26,8 @@ import (
 //   - qemu-img reads only bytes that are the bytes inspected. The ranged inspection's reads are
 //     recorded (regions); the download is compared against them as it arrives, and so is any
 //     chunk the window fetches by range. The download's checksum covers the rest, and a chunk
-//     fetched by range must match the CRC-32C of the download's bytes there.
+//     fetched by range must match the download's bytes there (a GMAC under a key of the
+//     window's own).
 //   - the upload cannot finish before everything is checked. The last bytes of the output are
 //     held back until qemu-img has succeeded, the download's checksum matched, and inspecting
 //     the output stream found raw and safe; a failure cuts the upload short instead, and Glance
@@ -34,9 +35,9 @@ import (
 //
 // qemu-img reads a few tables far ahead first (a qcow2's second L2 table, 512 MiB in), which
 // the window fetches by range. The download reaches the disk only where qemu-img waits for
-// bytes while the window's oldest chunk is still unread (a qcow2's refcount block, which it
-// never reads): the window spills that chunk into the workspace, which reserves the image's
-// size for the worst case.
+// bytes past the window while its oldest chunk is not read through (a qcow2's refcount block,
+// which it never reads): the window spills that chunk into the workspace, which reserves the
+// image's size for the worst case.
 
 // regions records what an inspection read through an io.ReaderAt: at most the inspection's read
 // budget, which package inspect bounds.
@@ -151,13 +152,17 @@ const pipelineHold = 1 << 20
 var sourceWindow = nbd.WindowOptions{ChunkSize: 1 << 20, Chunks: 32}
 
 // convertPipelined converts img to raw and uploads it into the queued image id, the stages
-// overlapping. rs are the regions the ranged inspection read. It returns what the source
-// window spilled and fetched again.
+// overlapping. rs are the regions the ranged inspection read. It returns what became of the
+// source window's chunks.
 func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glanceclient.Image, rep *inspect.Report, rs []region,
 	id string, lease *Lease, qopts convert.Options) (stats nbd.WindowStats, err error) {
 	size, vsize := *img.Size, rep.VirtualSize
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The NBD servers, and the window's ranged fetches, stop with serveCtx, cancelled once
+	// qemu-img is done; the download goes on to its end and its checksum.
+	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
 
 	f, err := os.OpenFile(lease.Path("source"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
@@ -165,7 +170,7 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	}
 	defer f.Close()
 	wopts := sourceWindow
-	rr, err := c.OpenRange(ctx, img, glanceclient.RangeOptions{BlockSize: wopts.ChunkSize, CacheBlocks: 2})
+	rr, err := c.OpenRange(serveCtx, img, glanceclient.RangeOptions{BlockSize: wopts.ChunkSize, CacheBlocks: 2})
 	if err != nil {
 		return stats, err
 	}
@@ -205,10 +210,6 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	}
 	defer dstLn.Close()
 
-	// The NBD servers stop with serveCtx, cancelled once qemu-img is done; the download goes on
-	// to its end and its checksum.
-	serveCtx, stopServing := context.WithCancel(ctx)
-	defer stopServing()
 	var wg sync.WaitGroup
 	downloaded := make(chan error, 1)
 	wg.Go(func() {
@@ -270,6 +271,9 @@ func convertPipelined(ctx context.Context, c *glanceclient.Client, img *glancecl
 	}
 	if dstErr != nil {
 		return stats, fmt.Errorf("writing the output: %w", dstErr)
+	}
+	if err := ignoreCancel(srcErr); err != nil { // a read qemu-img was told failed, yet it went on
+		return stats, fmt.Errorf("reading the source: %w", err)
 	}
 	select {
 	case err := <-uploaded: // ended before its last bytes were given to it: failed

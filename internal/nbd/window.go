@@ -2,10 +2,14 @@ package nbd
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
+	"slices"
 	"sync"
 )
 
@@ -17,18 +21,21 @@ import (
 // The downloader writes the data with Write. A read of bytes that have not arrived yet waits
 // for them if they are near, within one window of what has arrived; bytes further on (the
 // tables qemu-img reads first) are fetched at once by range, and checked against the download
-// when it gets there: their CRC-32C must match, or the window fails. When the window is full,
-// its oldest chunk makes room for the next:
+// when it gets there. When the window is full, its oldest chunk makes room for the next:
 //
-//   - a chunk the client has read through is dropped, after its CRC-32C is noted; a later read
-//     of it fetches it again by range and fails unless the CRC matches;
-//   - a chunk not read through is kept only if the client waits for near bytes: it is spilled
-//     to the Spill file, from which later reads are served;
+//   - a chunk the client has read through is dropped, after its tag is noted; a later read of
+//     it fetches it again by range, which must match the tag;
+//   - a chunk not read through is kept only if a read waits for bytes past the window: it is
+//     spilled to the Spill file, from which later reads are served;
 //   - otherwise Write waits for the client: the window is the read-ahead, and a download that
 //     outruns qemu-img slows to its pace instead of filling the disk.
 //
 // So a source read in order costs memory and no disk, and bytes read out of order cost a
 // ranged fetch each time or, rarely, the disk.
+//
+// A chunk's tag is a GMAC (AES-GCM over no plaintext) under a key of the window's own, drawn at
+// random and never shown: whoever serves the ranged reads cannot make other bytes match the
+// download's. A mismatch fails the window.
 //
 // The downloader must call Fail if the download fails or ends short, and the caller must call
 // Fail or Drain once the client is done (Drain: the download goes on to its end, still
@@ -41,16 +48,19 @@ type Window struct {
 	fetch       func(ctx context.Context, p []byte, off int64) error
 
 	mu       sync.Mutex
-	avail    int64    // bytes [0, avail) have arrived
-	lo, hi   int64    // chunks [lo, hi) are in memory; hi-1 may be arriving still
-	slots    [][]byte // chunk i is in slots[i%len(slots)]
-	read     []int64  // bytes read from each slot since its chunk arrived
-	state    []byte   // per chunk: fetched ahead, or once it left the window, dropped or spilled
-	crc      []uint32 // per chunk fetched ahead or dropped
-	waiting  int      // reads waiting for bytes not yet arrived
+	mac      cipher.AEAD
+	avail    int64            // bytes [0, avail) have arrived
+	lo, hi   int64            // chunks [lo, hi) are in memory; hi-1 may be arriving still
+	slots    [][]byte         // chunk i is in slots[i%len(slots)]
+	cover    []uint64         // per slot: which 64ths of its chunk were read
+	ahead    map[int64]uint64 // which 64ths of chunks fetched ahead were read
+	state    []byte           // per chunk: fetched ahead, or once it left the window, dropped or spilled
+	tags     [][gmacSize]byte // per chunk fetched ahead or dropped
+	needs    []int64          // the ends of the bytes reads are waiting for
 	draining bool
 	err      error
-	wake     chan struct{} // closed and replaced whenever something above changes
+	arrived  chan struct{} // closed and replaced when bytes arrive, or on Fail or Drain: reads wait on it
+	room     chan struct{} // closed and replaced when a read may let Write go on: Write waits on it
 	stats    WindowStats
 }
 
@@ -75,10 +85,11 @@ type WindowOptions struct {
 	Fetch func(ctx context.Context, p []byte, off int64) error
 }
 
-// WindowStats are what a Window's reads and evictions cost.
+// WindowStats are what became of the chunks that left a Window, and what reads cost.
 type WindowStats struct {
-	// Spilled is the number of bytes written to the spill file.
-	Spilled int64
+	// Dropped and Spilled are the bytes that left the window dropped (read through) and
+	// spilled to the spill file (not read through).
+	Dropped, Spilled int64
 	// Fetched is the number of bytes fetched by range, and Fetches the number of fetches.
 	Fetched, Fetches int64
 }
@@ -96,7 +107,7 @@ const (
 	chunkGone // left the window while draining: no read may come
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+const gmacSize = 16
 
 // NewWindow returns a Window with nothing arrived yet.
 func NewWindow(opts WindowOptions) (*Window, error) {
@@ -109,15 +120,26 @@ func NewWindow(opts WindowOptions) (*Window, error) {
 	if opts.Size < 0 || opts.Spill == nil || opts.Fetch == nil {
 		return nil, errors.New("nbd: a window needs a size, a spill file and a fetch function")
 	}
-	n := (opts.Size + opts.ChunkSize - 1) / opts.ChunkSize
-	w := &Window{
-		size: opts.Size, chunk: opts.ChunkSize, spill: opts.Spill, fetch: opts.Fetch,
-		slots: make([][]byte, min(int64(opts.Chunks), max(n, 1))),
-		state: make([]byte, n), crc: make([]uint32, n),
-		wake: make(chan struct{}),
+	key := make([]byte, 16)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
 	}
-	w.read = make([]int64, len(w.slots))
-	return w, nil
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	mac, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	n := (opts.Size + opts.ChunkSize - 1) / opts.ChunkSize
+	slots := min(int64(opts.Chunks), max(n, 1))
+	return &Window{
+		size: opts.Size, chunk: opts.ChunkSize, spill: opts.Spill, fetch: opts.Fetch, mac: mac,
+		slots: make([][]byte, slots), cover: make([]uint64, slots), ahead: map[int64]uint64{},
+		state: make([]byte, n), tags: make([][gmacSize]byte, n),
+		arrived: make(chan struct{}), room: make(chan struct{}),
+	}, nil
 }
 
 // Size is the export's size.
@@ -133,7 +155,7 @@ func (w *Window) Available() int64 {
 	return w.avail
 }
 
-// Stats returns what the window has spilled and fetched so far.
+// Stats returns what the window has dropped, spilled and fetched so far.
 func (w *Window) Stats() WindowStats {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -142,6 +164,27 @@ func (w *Window) Stats() WindowStats {
 
 // chunkLen is the length of chunk i: ChunkSize but for the last.
 func (w *Window) chunkLen(i int64) int64 { return min(w.chunk, w.size-i*w.chunk) }
+
+// tagLocked is the GMAC of chunk i holding data. The AEAD is used under the lock only.
+func (w *Window) tagLocked(i int64, data []byte) [gmacSize]byte {
+	var nonce [12]byte
+	binary.BigEndian.PutUint64(nonce[4:], uint64(i))
+	var tag [gmacSize]byte
+	w.mac.Seal(tag[:0], nonce[:], nil, data)
+	return tag
+}
+
+// coverage is the bits of the 64ths of a chunk that bytes [a, b) within it touch.
+func (w *Window) coverage(a, b int64) uint64 {
+	g := (w.chunk + 63) / 64
+	first, last := a/g, (b-1)/g
+	return (^uint64(0) >> (63 - last)) &^ (1<<first - 1)
+}
+
+// readThrough reports whether every 64th of chunk i is covered.
+func (w *Window) readThrough(i int64, cover uint64) bool {
+	return cover == w.coverage(0, w.chunkLen(i))
+}
 
 // Write adds p to the data that has arrived. It waits while the window is full and its oldest
 // chunk is still to be read, and fails once the window failed; writing past Size fails it.
@@ -161,9 +204,9 @@ func (w *Window) Write(p []byte) (int, error) {
 		if i == w.hi { // the first byte of a new chunk: make room for it
 			if w.hi-w.lo == int64(len(w.slots)) && !w.evictLocked() {
 				if w.err == nil {
-					wake := w.wake
+					room := w.room
 					w.mu.Unlock()
-					<-wake
+					<-room
 					w.mu.Lock()
 				}
 				continue
@@ -172,7 +215,8 @@ func (w *Window) Write(p []byte) (int, error) {
 			if w.slots[s] == nil {
 				w.slots[s] = make([]byte, w.chunk)
 			}
-			w.read[s] = 0
+			w.cover[s] = w.ahead[i]
+			delete(w.ahead, i)
 			w.hi++
 		}
 		off, slot := w.avail-i*w.chunk, w.slots[i%int64(len(w.slots))][:w.chunkLen(i)]
@@ -181,13 +225,14 @@ func (w *Window) Write(p []byte) (int, error) {
 		n += k
 		w.avail += int64(k)
 		if w.state[i] == chunkAhead && off+int64(k) == int64(len(slot)) {
-			if crc32.Checksum(slot, castagnoli) != w.crc[i] {
+			if w.tagLocked(i, slot) != w.tags[i] {
 				w.failLocked(fmt.Errorf("%w: bytes %d to %d, fetched ahead", ErrFetchMismatch, i*w.chunk, i*w.chunk+int64(len(slot))))
 				return n, w.err
 			}
 			w.state[i] = 0
 		}
-		w.wakeLocked()
+		close(w.arrived)
+		w.arrived = make(chan struct{})
 	}
 	return n, nil
 }
@@ -200,10 +245,11 @@ func (w *Window) evictLocked() bool {
 	switch {
 	case w.draining:
 		w.state[i] = chunkGone
-	case w.read[s] >= int64(len(data)):
-		w.crc[i] = crc32.Checksum(data, castagnoli)
+	case w.readThrough(i, w.cover[s]):
+		w.tags[i] = w.tagLocked(i, data)
 		w.state[i] = chunkDropped
-	case w.waiting > 0:
+		w.stats.Dropped += int64(len(data))
+	case slices.ContainsFunc(w.needs, func(end int64) bool { return end > w.hi*w.chunk }):
 		if _, err := w.spill.WriteAt(data, i*w.chunk); err != nil {
 			w.failLocked(fmt.Errorf("nbd: spilling bytes %d to %d of the download: %w", i*w.chunk, i*w.chunk+int64(len(data)), err))
 			return false
@@ -232,21 +278,27 @@ func (w *Window) Fail(err error) {
 
 func (w *Window) failLocked(err error) {
 	w.err = err
-	w.wakeLocked()
+	w.wakeAllLocked()
 }
 
-// Drain says the client is done: the rest of the download is accepted and discarded, and
-// reads fail with ErrDrained.
+// Drain says the client is done: the rest of the download is accepted and discarded (a chunk
+// fetched ahead still checked), and reads fail with ErrDrained.
 func (w *Window) Drain() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.draining = true
-	w.wakeLocked()
+	w.wakeAllLocked()
 }
 
-func (w *Window) wakeLocked() {
-	close(w.wake)
-	w.wake = make(chan struct{})
+func (w *Window) wakeAllLocked() {
+	close(w.arrived)
+	w.arrived = make(chan struct{})
+	w.wakeWriterLocked()
+}
+
+func (w *Window) wakeWriterLocked() {
+	close(w.room)
+	w.room = make(chan struct{})
 }
 
 // ReadAt fills p from off, waiting until those bytes have arrived.
@@ -269,6 +321,7 @@ func (w *Window) ReadAt(ctx context.Context, p []byte, off int64) error {
 // readChunk fills p, which lies within chunk i, from off.
 func (w *Window) readChunk(ctx context.Context, p []byte, off, i int64) error {
 	end := off + int64(len(p))
+	bits := w.coverage(off-i*w.chunk, end-i*w.chunk)
 	w.mu.Lock()
 	for {
 		switch {
@@ -286,13 +339,15 @@ func (w *Window) readChunk(ctx context.Context, p []byte, off, i int64) error {
 		case end <= w.avail:
 			s := i % int64(len(w.slots))
 			copy(p, w.slots[s][off-i*w.chunk:])
-			w.read[s] += int64(len(p))
-			w.wakeLocked() // the writer may be waiting for this chunk to be read
+			w.cover[s] |= bits
+			if i == w.lo {
+				w.wakeWriterLocked() // it may be waiting for this chunk to be read through
+			}
 			w.mu.Unlock()
 			return nil
 		case i >= w.hi+int64(len(w.slots)):
 			w.mu.Unlock()
-			done, err := w.fetchAhead(ctx, p, off, i)
+			done, err := w.fetchAhead(ctx, p, off, i, bits)
 			if done || err != nil {
 				return err
 			}
@@ -300,18 +355,18 @@ func (w *Window) readChunk(ctx context.Context, p []byte, off, i int64) error {
 			continue
 		}
 		// Not arrived yet: the writer may now spill what it must to get there.
-		w.waiting++
-		w.wakeLocked()
-		wake, avail := w.wake, w.avail
+		w.needs = append(w.needs, end)
+		w.wakeWriterLocked()
+		arrived, avail := w.arrived, w.avail
 		w.mu.Unlock()
 		var cause error
 		select {
-		case <-wake:
+		case <-arrived:
 		case <-ctx.Done():
 			cause = context.Cause(ctx)
 		}
 		w.mu.Lock()
-		w.waiting--
+		w.needs = slices.Delete(w.needs, slices.Index(w.needs, end), slices.Index(w.needs, end)+1)
 		if cause != nil {
 			w.mu.Unlock()
 			return fmt.Errorf("nbd: waiting for bytes %d to %d (%d arrived): %w", off, end, avail, cause)
@@ -336,8 +391,14 @@ func (w *Window) readEvicted(ctx context.Context, p []byte, off, i int64, state 
 		if err != nil {
 			return err
 		}
-		if crc32.Checksum(buf, castagnoli) != w.crc[i] {
-			return fmt.Errorf("%w: bytes %d to %d, fetched again", ErrFetchMismatch, i*w.chunk, i*w.chunk+int64(len(buf)))
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.tagLocked(i, buf) != w.tags[i] {
+			err := fmt.Errorf("%w: bytes %d to %d, fetched again", ErrFetchMismatch, i*w.chunk, i*w.chunk+int64(len(buf)))
+			if w.err == nil {
+				w.failLocked(err)
+			}
+			return err
 		}
 		copy(p, buf[off-i*w.chunk:])
 		return nil
@@ -345,15 +406,14 @@ func (w *Window) readEvicted(ctx context.Context, p []byte, off, i int64, state 
 	return ErrDrained
 }
 
-// fetchAhead fills p from chunk i, far ahead of the download, by range, and notes its CRC for
-// when the download gets there. It reports false, and fills nothing, if chunk i arrived
-// meanwhile.
-func (w *Window) fetchAhead(ctx context.Context, p []byte, off, i int64) (bool, error) {
+// fetchAhead fills p from chunk i, far ahead of the download, by range, and notes its tag for
+// when the download gets there, and bits as read. It reports false, and fills nothing, if
+// chunk i arrived meanwhile.
+func (w *Window) fetchAhead(ctx context.Context, p []byte, off, i int64, bits uint64) (bool, error) {
 	buf, err := w.fetchChunk(ctx, i)
 	if err != nil {
 		return false, err
 	}
-	sum := crc32.Checksum(buf, castagnoli)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
@@ -361,12 +421,15 @@ func (w *Window) fetchAhead(ctx context.Context, p []byte, off, i int64) (bool, 
 		return false, w.err
 	case i < w.hi:
 		return false, nil
-	case w.state[i] == chunkAhead && w.crc[i] != sum:
+	}
+	tag := w.tagLocked(i, buf)
+	if w.state[i] == chunkAhead && tag != w.tags[i] {
 		err := fmt.Errorf("%w: bytes %d to %d, fetched ahead twice", ErrFetchMismatch, i*w.chunk, i*w.chunk+int64(len(buf)))
 		w.failLocked(err)
 		return false, err
 	}
-	w.state[i], w.crc[i] = chunkAhead, sum
+	w.state[i], w.tags[i] = chunkAhead, tag
+	w.ahead[i] |= bits
 	copy(p, buf[off-i*w.chunk:])
 	return true, nil
 }

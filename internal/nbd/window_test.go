@@ -159,16 +159,48 @@ func TestWindow(t *testing.T) {
 		if n := s.fetches.Load(); n != 1 {
 			t.Fatalf("%d fetches, want 1", n)
 		}
-		s.alter = func(p []byte, off int64) { p[7] ^= 1 }
-		if err := w.ReadAt(ctx, make([]byte, 10), 20); !errors.Is(err, nbd.ErrFetchMismatch) {
-			t.Fatalf("read of a chunk fetched with a byte changed: %v, want ErrFetchMismatch", err)
-		}
-		s.alter, s.fail = nil, errors.New("HTTP 503")
+		s.fail = errors.New("HTTP 503")
 		if err := w.ReadAt(ctx, make([]byte, 10), 20); !errors.Is(err, s.fail) {
 			t.Fatalf("read whose fetch failed: %v, want the fetch's error", err)
 		}
-		if st := w.Stats(); st.Fetches != 2 || st.Fetched != 200 || st.Spilled != 0 {
+		s.fail, s.alter = nil, func(p []byte, off int64) { p[7] ^= 1 }
+		if err := w.ReadAt(ctx, make([]byte, 10), 20); !errors.Is(err, nbd.ErrFetchMismatch) {
+			t.Fatalf("read of a chunk fetched with a byte changed: %v, want ErrFetchMismatch", err)
+		}
+		if _, err := w.Write(s.data[400:500]); !errors.Is(err, nbd.ErrFetchMismatch) {
+			t.Fatalf("the download goes on after Glance served other bytes (%v)", err)
+		}
+		if st := w.Stats(); st.Fetches != 2 || st.Fetched != 200 || st.Spilled != 0 || st.Dropped != 200 {
 			t.Fatalf("stats %+v", st)
+		}
+	})
+
+	t.Run("the same bytes read again do not make a chunk read through", func(t *testing.T) {
+		w, s := window(t, 1000, 100, 1)
+		mustWrite(t, w, s.data[:100])
+		for range 20 {
+			mustRead(t, w, s, 0, 10)
+		}
+		ch := writeAsync(w, s.data[100:200])
+		pending(t, ch)
+		mustRead(t, w, s, 10, 90)
+		if err := finished(t, ch); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("a chunk fetched ahead and read through is dropped when it leaves", func(t *testing.T) {
+		w, s := window(t, 1000, 100, 2)
+		mustRead(t, w, s, 500, 60) // fetched ahead
+		for off := int64(0); off < 500; off += 100 {
+			mustWrite(t, w, s.data[off:off+100])
+			mustRead(t, w, s, off, 100)
+		}
+		mustWrite(t, w, s.data[500:600])
+		mustRead(t, w, s, 560, 40) // the rest of chunk 5, from memory
+		mustWrite(t, w, s.data[600:800])
+		if st := w.Stats(); st.Spilled != 0 || st.Dropped != 600 || st.Fetches != 1 {
+			t.Fatalf("stats %+v, want chunks 0 to 5 dropped, nothing spilled", st)
 		}
 	})
 
@@ -294,7 +326,7 @@ func TestWindow(t *testing.T) {
 		w, s := window(t, 1000, 100, 2)
 		mustWrite(t, w, s.data[:200])
 		rd := readAsync(ctx, w, make([]byte, 10), 250)
-		wr := writeAsync(w, s.data[200:400]) // chunk 0 unread, but a read waits: spills
+		wr := writeAsync(w, s.data[200:300]) // chunk 0 unread, but a read waits past it: spilled
 		if err := finished(t, wr); err != nil {
 			t.Fatal(err)
 		}
@@ -309,13 +341,13 @@ func TestWindow(t *testing.T) {
 		if err := finished(t, rd); !errors.Is(err, broken) {
 			t.Fatalf("pending read: %v, want the failure", err)
 		}
-		if err := w.ReadAt(ctx, make([]byte, 10), 300); !errors.Is(err, broken) {
+		if err := w.ReadAt(ctx, make([]byte, 10), 250); !errors.Is(err, broken) {
 			t.Fatalf("later read of bytes that had arrived: %v, want the failure", err)
 		}
-		if _, err := w.Write(s.data[400:]); !errors.Is(err, broken) {
+		if _, err := w.Write(s.data[300:]); !errors.Is(err, broken) {
 			t.Fatalf("write after Fail: %v", err)
 		}
-		if w.Available() != 400 {
+		if w.Available() != 300 {
 			t.Fatalf("Available %d after Fail", w.Available())
 		}
 	})
@@ -413,22 +445,25 @@ func TestWindow(t *testing.T) {
 	})
 }
 
-// Readers imitating qemu-img (two at a time, in order, with jumps ahead and back) against a
-// download arriving in random pieces: every read returns the right bytes and nothing hangs,
-// whatever the window's size.
+// Readers imitating qemu-img (two at a time, in order, with gaps and jumps ahead and back)
+// against a download arriving in random pieces: every read returns the right bytes and nothing
+// hangs, whatever the window's size; across the seeds, chunks are dropped, spilled, and fetched.
 func TestWindowRandomReads(t *testing.T) {
-	for seed := range uint64(40) {
+	var total nbd.WindowStats
+	for seed := range uint64(60) {
 		rng := rand.New(rand.NewPCG(seed, 7))
 		size := int64(1 + rng.IntN(64<<10))
 		chunk := int64(1 + rng.IntN(4<<10))
 		var reads []readOp
 		for off := int64(0); off < size; {
 			n := 1 + rng.Int64N(2*chunk)
-			switch rng.IntN(10) {
+			switch rng.IntN(20) {
 			case 0: // a table far ahead
 				reads = append(reads, readOp{rng.Int64N(size), n})
 			case 1: // something already read
 				reads = append(reads, readOp{rng.Int64N(off + 1), n})
+			case 2: // a gap: bytes never read
+				off += n
 			default:
 				reads = append(reads, readOp{off, n})
 				off += n
@@ -438,10 +473,18 @@ func TestWindowRandomReads(t *testing.T) {
 		for range 64 {
 			writes = append(writes, 1+rng.Int64N(3*chunk))
 		}
-		if err := checkWindowReads(size, chunk, 1+rng.IntN(6), reads, writes); err != nil {
+		st, err := checkWindowReads(size, chunk, 1+rng.IntN(6), reads, writes)
+		if err != nil {
 			t.Fatalf("seed %d (size %d, chunk %d): %v", seed, size, chunk, err)
 		}
+		total.Dropped += st.Dropped
+		total.Spilled += st.Spilled
+		total.Fetches += st.Fetches
 	}
+	if total.Dropped == 0 || total.Spilled == 0 || total.Fetches == 0 {
+		t.Fatalf("the seeds did not take every path: %+v", total)
+	}
+	t.Logf("all seeds: %+v", total)
 }
 
 // FuzzWindow: any read pattern (a hostile image drives qemu-img's reads) against a download in
@@ -463,7 +506,7 @@ func FuzzWindow(f *testing.F) {
 			reads = append(reads, readOp{off, min(n, int64(size)-off)})
 			writes = append(writes, 1+(a^b)%(3*int64(chunk)))
 		}
-		if err := checkWindowReads(int64(size), int64(chunk), 1+int(chunks%8), reads, writes); err != nil {
+		if _, err := checkWindowReads(int64(size), int64(chunk), 1+int(chunks%8), reads, writes); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -471,14 +514,16 @@ func FuzzWindow(f *testing.F) {
 
 type readOp struct{ off, n int64 }
 
-// checkWindowReads downloads size bytes into a Window in pieces of the sizes in writes (over
-// and over), while two readers make the reads (clipped to the export), and checks every read's
-// bytes. A read or the download that does not end within 20 s is an error.
-func checkWindowReads(size, chunk int64, chunks int, reads []readOp, writes []int64) error {
-	s := &source{data: patterned(int(size)), spill: memSpill{b: make([]byte, size)}}
+// checkWindowReads downloads size random bytes into a Window in pieces of the sizes in writes
+// (over and over), while two readers make the reads (clipped to the export), and checks every
+// read's bytes. A read or the download that does not end within 20 s is an error.
+func checkWindowReads(size, chunk int64, chunks int, reads []readOp, writes []int64) (nbd.WindowStats, error) {
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{byte(size), byte(chunk)}).Read(data)
+	s := &source{data: data, spill: memSpill{b: make([]byte, size)}}
 	w, err := nbd.NewWindow(nbd.WindowOptions{Size: size, ChunkSize: chunk, Chunks: chunks, Spill: &s.spill, Fetch: s.fetch})
 	if err != nil {
-		return err
+		return nbd.WindowStats{}, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -529,14 +574,14 @@ func checkWindowReads(size, chunk int64, chunks int, reads []readOp, writes []in
 	case <-ctx.Done():
 		w.Fail(ctx.Err())
 		<-done
-		return fmt.Errorf("the download hung at %d of %d bytes", w.Available(), size)
+		return w.Stats(), fmt.Errorf("the download hung at %d of %d bytes", w.Available(), size)
 	}
 	close(errs)
 	for err := range errs {
-		return err
+		return w.Stats(), err
 	}
 	if w.Available() != size {
-		return fmt.Errorf("download stopped at %d of %d", w.Available(), size)
+		return w.Stats(), fmt.Errorf("download stopped at %d of %d", w.Available(), size)
 	}
-	return nil
+	return w.Stats(), nil
 }
