@@ -285,6 +285,19 @@ func windowSource(t *testing.T, img string, opts nbd.WindowOptions, alter func(p
 	return w, s, done
 }
 
+// endSource waits for the source's server after its client is done, drains the window, and
+// waits for the download: all three must end without an error.
+func endSource(t *testing.T, s *served, w *nbd.Window, downloaded <-chan error) {
+	t.Helper()
+	if err := s.wait(t); err != nil {
+		t.Fatalf("Serve (source): %v", err)
+	}
+	w.Drain()
+	if err := <-downloaded; err != nil {
+		t.Fatalf("download: %v", err)
+	}
+}
+
 // waitRecorder counts the reads that had to wait for the download.
 type waitRecorder struct {
 	*nbd.Window
@@ -322,13 +335,7 @@ func TestConvertFromWindow(t *testing.T) {
 				if _, err := qemu(ctx, t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", s.uri, out); err != nil {
 					t.Fatal(err)
 				}
-				if err := s.wait(t); err != nil {
-					t.Fatalf("Serve: %v", err)
-				}
-				w.Drain()
-				if err := <-downloaded; err != nil {
-					t.Fatalf("download: %v", err)
-				}
+				endSource(t, s, w, downloaded)
 				equalFiles(t, fx.ref, out)
 				if got, want := w.Available(), fileSize(t, fx.img); got != want {
 					t.Fatalf("download at %d of %d bytes after the conversion", got, want)
@@ -417,13 +424,7 @@ func TestConvertWindowToSequentialWriter(t *testing.T) {
 			if _, err := qemu(ctx, t, "qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", src.uri, dst.uri); err != nil {
 				t.Fatal(err)
 			}
-			if err := src.wait(t); err != nil {
-				t.Fatalf("Serve (source): %v", err)
-			}
-			w.Drain()
-			if err := <-downloaded; err != nil {
-				t.Fatalf("download: %v", err)
-			}
+			endSource(t, src, w, downloaded)
 			if err := dst.wait(t); err != nil {
 				t.Fatalf("Serve (target): %v", err)
 			}

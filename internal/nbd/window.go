@@ -366,7 +366,8 @@ func (w *Window) readChunk(ctx context.Context, p []byte, off, i int64) error {
 			cause = context.Cause(ctx)
 		}
 		w.mu.Lock()
-		w.needs = slices.Delete(w.needs, slices.Index(w.needs, end), slices.Index(w.needs, end)+1)
+		k := slices.Index(w.needs, end)
+		w.needs = slices.Delete(w.needs, k, k+1)
 		if cause != nil {
 			w.mu.Unlock()
 			return fmt.Errorf("nbd: waiting for bytes %d to %d (%d arrived): %w", off, end, avail, cause)

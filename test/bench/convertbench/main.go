@@ -41,26 +41,15 @@ func main() {
 	cloud := flag.String("cloud", "sidecar", "clouds.yaml cloud")
 	cloudsFile := flag.String("clouds-file", "", "clouds.yaml path")
 	runs := flag.Int("runs", 3, "repetitions")
-	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the jobs to this file")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the first job to this file")
 	flag.Parse()
-	if *cpuProfile != "" {
-		f, err := os.Create(*cpuProfile)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "convertbench:", err)
-			os.Exit(1)
-		}
-		profile = f
-	}
-	if err := run(context.Background(), *cloud, *cloudsFile, *runs, flag.Arg(0)); err != nil {
+	if err := run(context.Background(), *cloud, *cloudsFile, *runs, flag.Arg(0), *cpuProfile); err != nil {
 		fmt.Fprintln(os.Stderr, "convertbench:", err)
 		os.Exit(1)
 	}
 }
 
-// profile, when set, receives a CPU profile of the first job.
-var profile *os.File
-
-func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) error {
+func run(ctx context.Context, cloud, cloudsFile string, runs int, path, cpuProfile string) error {
 	c, err := glanceclient.New(ctx, glanceclient.Options{Cloud: cloud, CloudsFile: cloudsFile, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err
@@ -115,16 +104,15 @@ func run(ctx context.Context, cloud, cloudsFile string, runs int, path string) e
 		// of what came before it.
 		syscall.Sync()
 		start, cpu0, procs0 := time.Now(), readCPU(), readProcs()
-		if profile != nil {
-			_ = pprof.StartCPUProfile(profile)
-		}
-		res, err := worker.Job(ctx, c, orig, opts)
-		if profile != nil {
-			pprof.StopCPUProfile()
-			if err := profile.Close(); err != nil {
+		stopProfile := func() error { return nil }
+		if i == 0 && cpuProfile != "" {
+			if stopProfile, err = startProfile(cpuProfile); err != nil {
 				return err
 			}
-			profile = nil
+		}
+		res, err := worker.Job(ctx, c, orig, opts)
+		if perr := stopProfile(); perr != nil {
+			return perr
 		}
 		jobBusy = append(jobBusy, cpu0.busySince())
 		fmt.Printf("run %d: job CPU seconds: %s\n", i+1, procs0.since())
@@ -299,4 +287,17 @@ func stages(reg *prometheus.Registry, total time.Duration) string {
 		}
 	}
 	return strings.Join(append(out, fmt.Sprintf("other (create, verify, link) %v", rest.Round(time.Millisecond))), ", ")
+}
+
+// startProfile starts a CPU profile into a new file at path; stop ends it and closes the file.
+func startProfile(path string) (stop func() error, err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() error { pprof.StopCPUProfile(); return f.Close() }, nil
 }
